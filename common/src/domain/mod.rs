@@ -1,0 +1,16 @@
+//! The domain: what an event and an alert are, and the only ways to make one.
+//!
+//! Parse, don't validate: a [`NewEvent`] can only be built by [`EventIn::parse`], so code
+//! holding one never re-checks it.
+
+mod alert;
+mod errors;
+mod event;
+mod severity;
+mod time;
+
+pub use alert::{Alert, AlertStatus};
+pub use errors::FieldErrors;
+pub use event::{Event, EventIn, EventRejection, NewEvent, check_idempotency_key};
+pub use severity::Severity;
+pub use time::{from_micros, to_micros};

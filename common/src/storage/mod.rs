@@ -1,0 +1,274 @@
+//! Storage on SQLite (the default) or PostgreSQL, chosen by `DATABASE_URL` at run time.
+//!
+//! How the two backends share queries: the schema is the same on both (see `migrations/`),
+//! every query is written once in SQL both accept (`$1` placeholders, `RETURNING`,
+//! `ON CONFLICT`), and [`on_pool!`] expands each query once per backend, so the compiler
+//! checks every bind and row type against both drivers. Where a backend has a faster form
+//! of the same statement, the method says so. Queries are built at run time (not sqlx's
+//! `query!` macros), so building needs no live database; every query is exercised on both
+//! backends by the test suite (`THREATMON_TEST_BACKEND=postgres` reruns it on Postgres).
+
+mod alerts;
+mod events;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use alerts::{CreatedAlerts, StatusChange};
+pub use events::{EventRecord, StoredEvents};
+
+/// Runs the same expression against whichever pool backs the storage; the expression is
+/// compiled once per backend, with `Db` naming that backend's `sqlx::Database`.
+macro_rules! on_pool {
+    ($storage:expr, |$pool:ident| $body:expr) => {
+        match $storage {
+            $crate::storage::Storage::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                $body
+            }
+            $crate::storage::Storage::Postgres($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Which database engine backs a [`Storage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A local SQLite file (WAL).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The database: a pool of connections to SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// SQLite in WAL mode.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// What can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// `DATABASE_URL` is not a URL we can use.
+    #[error("unsupported database URL (expected sqlite:… or postgres://…): {0}")]
+    UnsupportedUrl(String),
+    /// The database refused a statement: a constraint or a value it cannot hold. Retrying the
+    /// same data will fail again.
+    #[error("the database refused the data: {0}")]
+    Rejected(#[source] sqlx::Error),
+    /// The database could not be reached or failed for a reason that may pass (I/O, pool
+    /// timeout, lock contention). Retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A stored value that does not fit the domain (written by something other than us).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Applying migrations failed.
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Creating the directory for a SQLite file failed.
+    #[error("cannot create the database directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    /// True when retrying the same work later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) => {
+                // Errors that pass with time: SQLite busy/locked (primary codes 5 and 6,
+                // also as extended codes), and Postgres classes 08 (connection), 40
+                // (serialization, deadlock), 53 (resources) and 57 (shutdown).
+                let code = db.code().unwrap_or_default();
+                let transient = if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    ["08", "40", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                } else {
+                    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+                };
+                if transient {
+                    StorageError::Unavailable(err)
+                } else {
+                    StorageError::Rejected(err)
+                }
+            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => StorageError::Corrupt(err.to_string()),
+            _ => StorageError::Unavailable(err),
+        }
+    }
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Storage {
+    /// Opens a pool for `url` (`sqlite:…` or `postgres://…`). For SQLite the file and its
+    /// directory are created when missing.
+    pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StorageError::UnsupportedUrl(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a committed batch survives power loss, not only a process crash.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Ok(Storage::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| StorageError::UnsupportedUrl(e.to_string()))?
+                .application_name("threatmon");
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Ok(Storage::Postgres(pool))
+        } else {
+            Err(StorageError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn connect_and_migrate(url: &str) -> Result<Storage, StorageError> {
+        let storage = Storage::connect(url).await?;
+        storage.migrate().await?;
+        Ok(storage)
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Storage::Sqlite(_) => Backend::Sqlite,
+            Storage::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies pending migrations; safe when several services start at once on one database.
+    ///
+    /// Postgres serializes migrators with an advisory lock. SQLite has no such lock, so two
+    /// processes may race to apply the same migration: the loser's transaction fails and
+    /// rolls back, and a retry then finds the migration applied.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let mut attempt = 0;
+        loop {
+            let result = match self {
+                Storage::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+                Storage::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %err, attempt, "migration raced another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        on_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+}
+
+/// A database URL fit for a log line or an error: the password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Placeholder list `($n, $n+1, …)` for one row of a multi-row `VALUES`, numbering from `first`.
+fn row_placeholders(sql: &mut String, first: usize, columns: usize) {
+    sql.push('(');
+    for column in 0..columns {
+        if column > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('$');
+        sql.push_str(&(first + column).to_string());
+    }
+    sql.push(')');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/threatmon"),
+            "postgres://app:***@db:5432/threatmon"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn placeholders_number_rows_consecutively() {
+        let mut sql = String::new();
+        row_placeholders(&mut sql, 4, 3);
+        assert_eq!(sql, "($4, $5, $6)");
+    }
+}

@@ -1,0 +1,178 @@
+//! The loop every worker runs: pull batches from a durable consumer and hand them to a step
+//! function, until told to stop.
+//!
+//! The step owns acknowledgement. This loop only fetches, survives broker restarts (it
+//! declares the consumer again and resumes), and stops *between* batches: a batch in hand is
+//! finished; messages pulled but not yet handed over stay unacknowledged and JetStream
+//! redelivers them after the consumer's `ack_wait`, so a stop anywhere loses nothing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusError;
+
+/// Where a worker reads from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The stream.
+    pub stream: &'static str,
+    /// The durable consumer, as declared in [`crate::subjects`].
+    pub consumer: pull::Config,
+    /// Most messages handed to one step.
+    pub batch_size: usize,
+}
+
+/// The wait between attempts to reach a broker that is gone, growing to a cap.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(3);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Waits, unless told to stop first; returns false when told to stop.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        shutdown
+            .run_until_cancelled(tokio::time::sleep(delay))
+            .await
+            .is_some()
+    }
+}
+
+async fn open(
+    js: &jetstream::Context,
+    source: &Source,
+) -> Result<jetstream::consumer::pull::Stream, BusError> {
+    let stream = js
+        .get_stream(source.stream)
+        .await
+        .map_err(|e| BusError::Setup(format!("stream {}: {e}", source.stream)))?;
+    // On nats-server 2.9 creating an existing durable with changed settings updates it.
+    let consumer = stream
+        .create_consumer(source.consumer.clone())
+        .await
+        .map_err(|e| BusError::Setup(format!("consumer on {}: {e}", source.stream)))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(source.batch_size)
+        .expires(Duration::from_secs(10))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| BusError::Setup(format!("pulling from {}: {e}", source.stream)))
+}
+
+/// Runs `step` on each batch from `source` until `shutdown` is cancelled. Returns once the
+/// batch in hand (if any) is finished.
+pub async fn run_batches<F, Fut>(
+    js: jetstream::Context,
+    source: Source,
+    shutdown: CancellationToken,
+    mut step: F,
+) where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = Backoff::new();
+    'connect: while !shutdown.is_cancelled() {
+        let messages = match open(&js, &source).await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot pull yet; retrying");
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        tracing::info!(stream = source.stream, "pulling");
+        let mut batches = messages.ready_chunks(source.batch_size);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break 'connect,
+                next = batches.next() => next,
+            };
+            let Some(items) = next else {
+                tracing::warn!(stream = source.stream, "message stream ended; reopening");
+                break;
+            };
+            let mut batch = Vec::with_capacity(items.len());
+            let mut failure = None;
+            for item in items {
+                match item {
+                    Ok(message) => batch.push(message),
+                    Err(err) => failure = Some(err),
+                }
+            }
+            if !batch.is_empty() {
+                backoff.reset();
+                step(batch).await;
+            }
+            if let Some(err) = failure {
+                // Missed heartbeats, a server restart, a deleted consumer: start over.
+                tracing::warn!(stream = source.stream, error = %err, "pulling failed; reopening");
+                break;
+            }
+        }
+        if !backoff.wait(&shutdown).await {
+            break;
+        }
+    }
+    tracing::info!(stream = source.stream, "stopped pulling");
+}
+
+/// How a step left each message of its batch: acknowledged at the end, or handed back to
+/// JetStream for a later attempt.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// Done: everything it caused is committed and published.
+    pub ack: Vec<jetstream::Message>,
+    /// Not done for a reason that may pass (database or broker unavailable): redeliver later.
+    pub retry: Vec<jetstream::Message>,
+}
+
+impl Settlement {
+    /// Acknowledges and negatively acknowledges, last of all. A lost acknowledgement only
+    /// means a redelivery, which every stage absorbs.
+    pub async fn apply(self) {
+        for message in self.retry {
+            let delay = retry_delay(&message);
+            if let Err(err) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
+            }
+        }
+        for message in self.ack {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "ack failed; the message will be redelivered and absorbed");
+            }
+        }
+    }
+}
+
+/// Back-off for a redelivery: 1 s after the first attempt, doubling to a minute.
+pub fn retry_delay(message: &jetstream::Message) -> Duration {
+    let attempts = message
+        .info()
+        .map(|info| info.delivered)
+        .unwrap_or(1)
+        .max(1);
+    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(6);
+    Duration::from_secs(1 << exponent)
+}

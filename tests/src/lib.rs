@@ -1,0 +1,1 @@
+//! Shared steps for the whole-pipeline tests.
