@@ -1,0 +1,206 @@
+//! Crashes and restarts: a worker dying anywhere, or the broker going away, loses no event
+//! and doubles no event or alert. Restarting is enough to catch up.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::domain::Severity;
+use common::subjects;
+use futures::StreamExt;
+use testkit::eventually;
+use threatmon_tests::{PATIENCE, Pipeline, TEST_ACK_WAIT, count_at_least, mixed_events};
+
+/// Pulls one batch from a worker's durable consumer, as the worker itself would.
+async fn pull_batch(
+    pipeline: &Pipeline,
+    stream: &str,
+    consumer: jetstream::consumer::pull::Config,
+    n: usize,
+) -> Vec<jetstream::Message> {
+    let stream = pipeline.js.get_stream(stream).await.unwrap();
+    let consumer = stream.create_consumer(consumer).await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        messages.push(message.unwrap());
+    }
+    assert_eq!(messages.len(), n, "the stream held enough messages");
+    messages
+}
+
+/// Asserts the end state every crash test must reach: each event once, one alert per
+/// escalated event, at least one notification per alert.
+async fn assert_exactly_once(pipeline: &Pipeline, events: i64, alerts: i64) {
+    pipeline.wait_for_events(events).await;
+    pipeline.wait_for_alerts(alerts).await;
+    pipeline.wait_drained().await;
+    assert_eq!(pipeline.storage.count_events().await.unwrap(), events);
+    assert_eq!(pipeline.storage.count_alerts().await.unwrap(), alerts);
+    let notified = pipeline.created_notifications().await;
+    let stored = pipeline.storage.list_alerts(100_000, 0).await.unwrap();
+    for alert in stored {
+        assert!(
+            notified.get(&alert.id).is_some_and(|&n| n >= 1),
+            "alert {} was never notified",
+            alert.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestor_that_dies_after_committing_but_before_acking_loses_and_doubles_nothing() {
+    let pipeline = Pipeline::start().await;
+    let events = mixed_events("crash-ingest", 300);
+    pipeline.publish_events(&events).await;
+
+    // The first ingestor stores and escalates a batch, then "dies" before acknowledging it.
+    let batch = pull_batch(
+        &pipeline,
+        subjects::EVENTS_STREAM,
+        subjects::ingestor_consumer(TEST_ACK_WAIT),
+        100,
+    )
+    .await;
+    let doomed = ingestor::Ingestor::new(
+        pipeline.storage.clone(),
+        pipeline.js.clone(),
+        Severity::High,
+    );
+    let settlement = doomed.process(batch).await;
+    assert_eq!(settlement.ack.len(), 100, "the batch was fully processed");
+    drop(settlement);
+    assert_eq!(pipeline.storage.count_events().await.unwrap(), 100);
+
+    // A new ingestor gets the unacknowledged batch again, with the rest.
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    assert_exactly_once(&pipeline, 300, count_at_least(&events, Severity::High)).await;
+    ingestor.stop().await;
+    alerter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerter_that_dies_after_notifying_but_before_acking_makes_no_second_alert() {
+    let pipeline = Pipeline::start().await;
+    let events = mixed_events("crash-alert", 200);
+    let escalated = count_at_least(&events, Severity::High);
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    pipeline.publish_events(&events).await;
+    pipeline
+        .wait_consumer_drained(subjects::EVENTS_STREAM, subjects::INGESTOR_CONSUMER)
+        .await;
+
+    let batch = pull_batch(
+        &pipeline,
+        subjects::ESCALATIONS_STREAM,
+        subjects::alerter_consumer(TEST_ACK_WAIT),
+        40,
+    )
+    .await;
+    let doomed = alerter::Alerter::new(pipeline.storage.clone(), pipeline.js.clone());
+    let settlement = doomed.process(batch).await;
+    assert_eq!(settlement.ack.len(), 40);
+    drop(settlement);
+    assert_eq!(pipeline.storage.count_alerts().await.unwrap(), 40);
+
+    let alerter = pipeline.start_alerter();
+    assert_exactly_once(&pipeline, 200, escalated).await;
+    ingestor.stop().await;
+    alerter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_at_any_point_and_restarted_lose_and_double_nothing() {
+    let pipeline = Pipeline::start().await;
+    let events = mixed_events("kill", 4000);
+    let escalated = count_at_least(&events, Severity::High);
+    pipeline.publish_events(&events).await;
+
+    // Kill both workers a few times while they work, wherever they happen to be.
+    let mut ingestor = pipeline.start_ingestor(Severity::High);
+    let mut alerter = pipeline.start_alerter();
+    for round in 0..3 {
+        let before = pipeline.storage.count_events().await.unwrap();
+        let storage = &pipeline.storage;
+        eventually(PATIENCE, "progress before the kill", || async move {
+            let now = storage.count_events().await.ok()?;
+            (now > before || now == 4000).then_some(())
+        })
+        .await;
+        ingestor.kill().await;
+        alerter.kill().await;
+        let stored = pipeline.storage.count_events().await.unwrap();
+        eprintln!("kill round {round}: {stored} events stored when killed");
+        ingestor = pipeline.start_ingestor(Severity::High);
+        alerter = pipeline.start_alerter();
+    }
+
+    assert_exactly_once(&pipeline, 4000, escalated).await;
+    ingestor.stop().await;
+    alerter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_workers_carry_on_after_the_nats_server_restarts_mid_stream() {
+    let mut pipeline = Pipeline::start().await;
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    let before = mixed_events("before-restart", 1000);
+    let after = mixed_events("after-restart", 1000);
+
+    pipeline.publish_events(&before).await;
+    let storage = &pipeline.storage;
+    eventually(PATIENCE, "some events stored", || async move {
+        (storage.count_events().await.ok()? > 0).then_some(())
+    })
+    .await;
+    pipeline.nats.stop();
+    pipeline.nats.restart();
+    for (event, msg_id) in &after {
+        let subject = subjects::event_subject(event["sourceName"].as_str().unwrap());
+        pipeline
+            .publish(&subject, Bytes::from(event.to_string()), msg_id.as_deref())
+            .await;
+    }
+
+    let escalated = count_at_least(&before, Severity::High) + count_at_least(&after, Severity::High);
+    assert_exactly_once(&pipeline, 2000, escalated).await;
+    assert!(ingestor.is_running() && alerter.is_running());
+    ingestor.stop().await;
+    alerter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asked_to_stop_finishes_its_batch_and_a_successor_resumes() {
+    let pipeline = Pipeline::start().await;
+    let events = mixed_events("graceful", 2000);
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    pipeline.publish_events(&events).await;
+
+    let storage = &pipeline.storage;
+    eventually(PATIENCE, "some events stored", || async move {
+        (storage.count_events().await.ok()? > 0).then_some(())
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        ingestor.stop().await;
+        alerter.stop().await;
+    })
+    .await
+    .expect("workers stop promptly when asked");
+
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    assert_exactly_once(&pipeline, 2000, count_at_least(&events, Severity::High)).await;
+    ingestor.stop().await;
+    alerter.stop().await;
+}
