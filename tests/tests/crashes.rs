@@ -22,12 +22,7 @@ async fn pull_batch(
 ) -> Vec<jetstream::Message> {
     let stream = pipeline.js.get_stream(stream).await.unwrap();
     let consumer = stream.create_consumer(consumer).await.unwrap();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(n)
-        .messages()
-        .await
-        .unwrap();
+    let mut batch = consumer.fetch().max_messages(n).messages().await.unwrap();
     let mut messages = Vec::new();
     while let Some(message) = batch.next().await {
         messages.push(message.unwrap());
@@ -171,7 +166,8 @@ async fn both_workers_carry_on_after_the_nats_server_restarts_mid_stream() {
             .await;
     }
 
-    let escalated = count_at_least(&before, Severity::High) + count_at_least(&after, Severity::High);
+    let escalated =
+        count_at_least(&before, Severity::High) + count_at_least(&after, Severity::High);
     assert_exactly_once(&pipeline, 2000, escalated).await;
     assert!(ingestor.is_running() && alerter.is_running());
     ingestor.stop().await;

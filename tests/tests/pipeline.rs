@@ -233,16 +233,26 @@ async fn escalations_the_alerter_cannot_use_are_dead_lettered_and_good_ones_stil
     let alerter = pipeline.start_alerter();
 
     pipeline
-        .publish("escalations.high", Bytes::from_static(b"{\"id\": \"x\"}"), Some("junk"))
+        .publish(
+            "escalations.high",
+            Bytes::from_static(b"{\"id\": \"x\"}"),
+            Some("junk"),
+        )
         .await;
     let ghost = json!({
         "id": 999_999, "uid": "ghost", "sourceName": "fw", "eventType": "x", "severity": "HIGH",
         "description": "", "created_at": "2026-11-28T12:00:00Z",
     });
     pipeline
-        .publish("escalations.high", Bytes::from(ghost.to_string()), Some("ghost"))
+        .publish(
+            "escalations.high",
+            Bytes::from(ghost.to_string()),
+            Some("ghost"),
+        )
         .await;
-    pipeline.publish_event(&event(3, Severity::High), Some("real")).await;
+    pipeline
+        .publish_event(&event(3, Severity::High), Some("real"))
+        .await;
 
     pipeline.wait_for_alerts(1).await;
     pipeline.wait_drained().await;
@@ -251,11 +261,24 @@ async fn escalations_the_alerter_cannot_use_are_dead_lettered_and_good_ones_stil
         .await;
     let reasons: Vec<&str> = letters
         .iter()
-        .map(|l| l.headers.as_ref().unwrap().get(REASON_HEADER).unwrap().as_str())
+        .map(|l| {
+            l.headers
+                .as_ref()
+                .unwrap()
+                .get(REASON_HEADER)
+                .unwrap()
+                .as_str()
+        })
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons[0].starts_with("not an escalated event"), "{reasons:?}");
-    assert!(reasons[1].starts_with("the database refused the alert"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("not an escalated event"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("the database refused the alert"),
+        "{reasons:?}"
+    );
     ingestor.stop().await;
     alerter.stop().await;
 }

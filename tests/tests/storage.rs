@@ -37,7 +37,10 @@ async fn storing_the_same_events_again_stores_nothing_new_but_escalates_them_aga
     let first = storage.store_events(&batch, Severity::High).await.unwrap();
     let again = storage.store_events(&batch, Severity::High).await.unwrap();
 
-    assert_eq!(first.newly_stored, 3, "a repeat within the batch is stored once");
+    assert_eq!(
+        first.newly_stored, 3,
+        "a repeat within the batch is stored once"
+    );
     assert_eq!(again.newly_stored, 0);
     assert_eq!(storage.count_events().await.unwrap(), 3);
     let uids = |events: &[common::Event]| {
@@ -46,10 +49,22 @@ async fn storing_the_same_events_again_stores_nothing_new_but_escalates_them_aga
         v
     };
     assert_eq!(uids(&first.to_escalate).len(), 2);
-    assert_eq!(uids(&first.to_escalate), uids(&again.to_escalate), "same rows, same ids");
+    assert_eq!(
+        uids(&first.to_escalate),
+        uids(&again.to_escalate),
+        "same rows, same ids"
+    );
 
     let stored = storage.event_by_uid("b").await.unwrap().unwrap();
-    assert_eq!(stored, first.to_escalate.iter().find(|e| e.uid == "b").unwrap().clone());
+    assert_eq!(
+        stored,
+        first
+            .to_escalate
+            .iter()
+            .find(|e| e.uid == "b")
+            .unwrap()
+            .clone()
+    );
     assert_eq!(stored.attributes.unwrap()["attempts"], 12);
     assert_eq!(
         stored.occurred_at.unwrap().to_rfc3339(),
@@ -68,12 +83,21 @@ async fn an_event_gets_exactly_one_alert_and_its_creation_is_recorded() {
     let db = TestDb::new().await;
     let storage = Storage::connect_and_migrate(db.url()).await.unwrap();
     let stored = storage
-        .store_events(&[record("x", Severity::High), record("y", Severity::Critical)], Severity::High)
+        .store_events(
+            &[record("x", Severity::High), record("y", Severity::Critical)],
+            Severity::High,
+        )
         .await
         .unwrap();
 
-    let first = storage.create_alerts(&stored.to_escalate, Utc::now()).await.unwrap();
-    let again = storage.create_alerts(&stored.to_escalate, Utc::now()).await.unwrap();
+    let first = storage
+        .create_alerts(&stored.to_escalate, Utc::now())
+        .await
+        .unwrap();
+    let again = storage
+        .create_alerts(&stored.to_escalate, Utc::now())
+        .await
+        .unwrap();
 
     assert_eq!(first.newly_created, 2);
     assert_eq!(again.newly_created, 0);
@@ -87,7 +111,10 @@ async fn an_event_gets_exactly_one_alert_and_its_creation_is_recorded() {
     let alert = storage.alert_by_id(first_ids[0]).await.unwrap().unwrap();
     assert_eq!(alert.status, AlertStatus::Open);
     let event = storage.event_by_id(alert.event_id).await.unwrap().unwrap();
-    assert_eq!((alert.severity, &alert.event_type), (event.severity, &event.event_type));
+    assert_eq!(
+        (alert.severity, &alert.event_type),
+        (event.severity, &event.event_type)
+    );
     let history = storage.status_history(alert.id).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].from_status, None);
@@ -106,7 +133,10 @@ async fn an_alert_for_an_event_the_database_does_not_hold_is_refused_not_retried
     let mut ghost = stored.to_escalate[0].clone();
     ghost.id += 1000;
 
-    let err = storage.create_alerts(&[ghost], Utc::now()).await.unwrap_err();
+    let err = storage
+        .create_alerts(&[ghost], Utc::now())
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, StorageError::Rejected(_)), "{err:?}");
     assert!(!err.is_transient());
