@@ -11,5 +11,5 @@ pub mod subjects;
 pub mod telemetry;
 pub mod worker;
 
-pub use domain::{Alert, AlertStatus, Event, EventIn, FieldErrors, NewEvent, Severity};
+pub use domain::{Alert, AlertStatus, Event, EventIn, FieldErrors, NewEvent, Role, Severity, User};
 pub use storage::{Storage, StorageError};

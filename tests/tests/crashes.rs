@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use common::domain::Severity;
+use common::storage::{AlertFilter, AlertOrdering};
 use common::subjects;
 use futures::StreamExt;
 use testkit::eventually;
@@ -40,7 +41,16 @@ async fn assert_exactly_once(pipeline: &Pipeline, events: i64, alerts: i64) {
     assert_eq!(pipeline.storage.count_events().await.unwrap(), events);
     assert_eq!(pipeline.storage.count_alerts().await.unwrap(), alerts);
     let notified = pipeline.created_notifications().await;
-    let stored = pipeline.storage.list_alerts(100_000, 0).await.unwrap();
+    let stored = pipeline
+        .storage
+        .list_alerts(
+            &AlertFilter::default(),
+            AlertOrdering::default(),
+            100_000,
+            0,
+        )
+        .await
+        .unwrap();
     for alert in stored {
         assert!(
             notified.get(&alert.id).is_some_and(|&n| n >= 1),

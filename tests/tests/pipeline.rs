@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use common::bus::REASON_HEADER;
 use common::domain::Severity;
+use common::storage::{AlertFilter, AlertOrdering};
 use common::subjects;
 use serde_json::json;
 use threatmon_tests::{Pipeline, count_at_least, event, mixed_events};
@@ -31,7 +32,11 @@ async fn a_thousand_mixed_events_are_stored_and_exactly_the_high_and_critical_on
     pipeline.wait_for_alerts(escalated).await;
     pipeline.wait_drained().await;
 
-    let alerts = pipeline.storage.list_alerts(10_000, 0).await.unwrap();
+    let alerts = pipeline
+        .storage
+        .list_alerts(&AlertFilter::default(), AlertOrdering::default(), 10_000, 0)
+        .await
+        .unwrap();
     assert_eq!(alerts.len() as i64, escalated);
     let mut alerted_events = HashSet::new();
     for alert in &alerts {
@@ -216,7 +221,11 @@ async fn alert_min_severity_critical_alerts_only_critical_events() {
 
     pipeline.wait_for_events(200).await;
     pipeline.wait_drained().await;
-    let alerts = pipeline.storage.list_alerts(1000, 0).await.unwrap();
+    let alerts = pipeline
+        .storage
+        .list_alerts(&AlertFilter::default(), AlertOrdering::default(), 1000, 0)
+        .await
+        .unwrap();
     assert_eq!(
         alerts.len() as i64,
         count_at_least(&events, Severity::Critical)

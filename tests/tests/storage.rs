@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use common::domain::{AlertStatus, EventIn, Severity};
-use common::storage::{EventRecord, Storage, StorageError};
+use common::storage::{EventFilter, EventRecord, Storage, StorageError};
 use serde_json::json;
 use testkit::TestDb;
 
@@ -70,7 +70,10 @@ async fn storing_the_same_events_again_stores_nothing_new_but_escalates_them_aga
         stored.occurred_at.unwrap().to_rfc3339(),
         "2026-11-28T12:00:00.123456+00:00"
     );
-    let newest = storage.list_events(10, 0).await.unwrap();
+    let newest = storage
+        .list_events(&EventFilter::default(), 10, 0)
+        .await
+        .unwrap();
     assert_eq!(
         newest.iter().map(|e| e.uid.as_str()).collect::<Vec<_>>(),
         ["c", "b", "a"],

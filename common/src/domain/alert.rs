@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Severity;
 
 /// Where an alert is in its handling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AlertStatus {
     /// New, nobody has looked yet.
@@ -68,7 +68,7 @@ impl FromStr for AlertStatus {
 }
 
 /// An alert: one per escalated event, in the original's wire shape plus a few fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     /// Database id.
     pub id: i64,

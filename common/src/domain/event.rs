@@ -38,7 +38,7 @@ pub enum EventRejection {
 }
 
 /// A validated event, not yet stored. Only [`EventIn::parse`] makes one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NewEvent {
     /// The sensor's idempotency key from the body, if it gave one.
     pub uid: Option<String>,
@@ -55,11 +55,12 @@ pub struct NewEvent {
     /// When the sensor says it happened.
     pub occurred_at: Option<DateTime<Utc>>,
     /// Extra structured data from the sensor.
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<Map<String, Value>>,
 }
 
 /// A stored event, in the original's wire shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Database id.
     pub id: i64,
@@ -80,6 +81,7 @@ pub struct Event {
     pub occurred_at: Option<DateTime<Utc>>,
     /// Extra structured data from the sensor.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<Map<String, Value>>,
     /// When threatmon stored it (UTC).
     pub created_at: DateTime<Utc>,

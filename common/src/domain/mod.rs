@@ -1,4 +1,5 @@
-//! The domain: what an event and an alert are, and the only ways to make one.
+//! The domain: what an event and an alert are, and the only ways to make one; and the users
+//! of the API.
 //!
 //! Parse, don't validate: a [`NewEvent`] can only be built by [`EventIn::parse`], so code
 //! holding one never re-checks it.
@@ -8,9 +9,11 @@ mod errors;
 mod event;
 mod severity;
 mod time;
+mod user;
 
 pub use alert::{Alert, AlertStatus};
 pub use errors::FieldErrors;
 pub use event::{Event, EventIn, EventRejection, NewEvent, check_idempotency_key};
 pub use severity::Severity;
 pub use time::{from_micros, to_micros};
+pub use user::{Role, UnknownRole, User};

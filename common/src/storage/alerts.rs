@@ -7,11 +7,14 @@ use serde::Serialize;
 
 use sqlx::AssertSqlSafe;
 
+use super::filter::{Clauses, Param, bind_params};
 use super::{Storage, StorageError, on_pool, row_placeholders};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
 const INSERT_CHUNK_ROWS: usize = 500;
 const ALERT_COLUMNS: usize = 7;
+const STATUS_CHANGE_COLUMNS: &str =
+    "id, alert_id, from_status, to_status, changed_by, note, changed_at";
 const SELECT_ALERT: &str = "SELECT id, event_id, source_name, event_type, severity, status, \
                             created_at, updated_at FROM alerts";
 
@@ -25,7 +28,7 @@ pub struct CreatedAlerts {
 }
 
 /// One recorded status change of an alert. Creation is the first, from no status to `OPEN`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StatusChange {
     /// Database id.
     pub id: i64,
@@ -41,6 +44,81 @@ pub struct StatusChange {
     pub note: Option<String>,
     /// When (UTC).
     pub changed_at: DateTime<Utc>,
+}
+
+/// Which alerts a list or count covers; every given field must match (`AND`), and the
+/// default matches every alert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFilter {
+    /// Exactly this status.
+    pub status: Option<AlertStatus>,
+    /// Exactly this severity.
+    pub severity: Option<Severity>,
+    /// Exactly this event type (case-sensitive).
+    pub event_type: Option<String>,
+    /// Exactly this sensor (case-sensitive).
+    pub source_name: Option<String>,
+    /// Raised at or after this time (inclusive).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Raised at or before this time (inclusive).
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl AlertFilter {
+    /// The filter as `WHERE` conditions with their bound values.
+    fn conditions(&self) -> Clauses {
+        let mut clauses = Clauses::conditions();
+        clauses.push_some("status", "=", self.status, |s| {
+            Param::Text(s.as_str().to_owned())
+        });
+        clauses.push_some("severity", "=", self.severity, |s| {
+            Param::SmallInt(s.rank())
+        });
+        clauses.push_some("event_type", "=", self.event_type.clone(), Param::Text);
+        clauses.push_some("source_name", "=", self.source_name.clone(), Param::Text);
+        clauses.push_some("created_at", ">=", self.created_from, |t| {
+            Param::Int(to_micros(t))
+        });
+        clauses.push_some("created_at", "<=", self.created_to, |t| {
+            Param::Int(to_micros(t))
+        });
+        clauses
+    }
+}
+
+/// The order of an alert list. Ids grow with creation time, so "newest" is the highest id.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertOrdering {
+    /// Newest first.
+    #[default]
+    NewestFirst,
+    /// Oldest first.
+    OldestFirst,
+    /// Least severe first; newest first within a severity.
+    SeverityAscending,
+    /// Most severe first; newest first within a severity.
+    SeverityDescending,
+}
+
+impl AlertOrdering {
+    fn sql(self) -> &'static str {
+        match self {
+            AlertOrdering::NewestFirst => " ORDER BY id DESC",
+            AlertOrdering::OldestFirst => " ORDER BY id ASC",
+            AlertOrdering::SeverityAscending => " ORDER BY severity ASC, id DESC",
+            AlertOrdering::SeverityDescending => " ORDER BY severity DESC, id DESC",
+        }
+    }
+}
+
+/// What [`Storage::change_alert_status`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusUpdate {
+    /// The alert after the change.
+    pub alert: Alert,
+    /// The change recorded; `None` when the alert already had the status asked for, in which
+    /// case nothing was changed or recorded.
+    pub change: Option<StatusChange>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -230,25 +308,125 @@ impl Storage {
         Ok(count)
     }
 
-    /// The newest alerts first, `limit` of them after skipping `offset`.
-    pub async fn list_alerts(&self, limit: i64, offset: i64) -> Result<Vec<Alert>, StorageError> {
-        let sql = format!("{SELECT_ALERT} ORDER BY id DESC LIMIT $1 OFFSET $2");
+    /// How many alerts match `filter`.
+    pub async fn count_alerts_matching(&self, filter: &AlertFilter) -> Result<i64, StorageError> {
+        let clauses = filter.conditions();
+        let sql = format!("SELECT COUNT(*) FROM alerts{}", clauses.sql("WHERE"));
+        let count = on_pool!(self, |pool| {
+            bind_params!(
+                sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql)),
+                clauses.params()
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(count)
+    }
+
+    /// The alerts matching `filter` in `ordering`, `limit` of them after skipping `offset`
+    /// (a negative `limit` or `offset` counts as 0, on both engines).
+    pub async fn list_alerts(
+        &self,
+        filter: &AlertFilter,
+        ordering: AlertOrdering,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Alert>, StorageError> {
+        let mut clauses = filter.conditions();
+        let where_sql = clauses.sql("WHERE");
+        let limit = clauses.bind(Param::Int(limit.max(0)));
+        let offset = clauses.bind(Param::Int(offset.max(0)));
+        let sql = format!(
+            "{SELECT_ALERT}{where_sql}{} LIMIT {limit} OFFSET {offset}",
+            ordering.sql()
+        );
         let rows = on_pool!(self, |pool| {
-            sqlx::query_as::<Db, AlertRow>(AssertSqlSafe(sql))
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(pool)
-                .await?
+            bind_params!(
+                sqlx::query_as::<Db, AlertRow>(AssertSqlSafe(sql)),
+                clauses.params()
+            )
+            .fetch_all(pool)
+            .await?
         });
         rows.into_iter().map(Alert::try_from).collect()
     }
 
+    /// Sets an alert's status and records the change (who, when, why), in one transaction.
+    /// Returns `None` when there is no such alert; a [`StatusUpdate`] without a change when
+    /// the alert already had status `to` (nothing is recorded then).
+    ///
+    /// Safe under concurrent changes on both engines: the first statement is a no-op `UPDATE`
+    /// of the row that returns its status, which takes SQLite's write lock (other writers wait
+    /// on the busy timeout) or Postgres's row lock (other changers of this alert wait, then
+    /// read the status as committed). So the recorded `from_status` is always the status the
+    /// change replaced, and the history forms an unbroken chain.
+    pub async fn change_alert_status(
+        &self,
+        id: i64,
+        to: AlertStatus,
+        changed_by: i64,
+        note: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StatusUpdate>, StorageError> {
+        let now = to_micros(now);
+        let record_sql = format!(
+            "INSERT INTO alert_status_changes (alert_id, from_status, to_status, changed_by, \
+             note, changed_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {STATUS_CHANGE_COLUMNS}"
+        );
+        let select_sql = format!("{SELECT_ALERT} WHERE id = $1");
+        let (row, change) = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let current = sqlx::query_scalar::<Db, String>(
+                "UPDATE alerts SET updated_at = updated_at WHERE id = $1 RETURNING status",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(current) = current else {
+                // Nothing was written; dropping the transaction rolls it back.
+                return Ok(None);
+            };
+            let change = if current == to.as_str() {
+                None
+            } else {
+                sqlx::query::<Db>("UPDATE alerts SET status = $1, updated_at = $2 WHERE id = $3")
+                    .bind(to.as_str())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let change = sqlx::query_as::<Db, StatusChangeRow>(AssertSqlSafe(record_sql))
+                    .bind(id)
+                    .bind(current.as_str())
+                    .bind(to.as_str())
+                    .bind(changed_by)
+                    .bind(note)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Some(change)
+            };
+            let row = sqlx::query_as::<Db, AlertRow>(AssertSqlSafe(select_sql))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (row, change)
+        });
+        Ok(Some(StatusUpdate {
+            alert: Alert::try_from(row)?,
+            change: change.map(StatusChange::try_from).transpose()?,
+        }))
+    }
+
     /// Every recorded status change of an alert, oldest first.
     pub async fn status_history(&self, alert_id: i64) -> Result<Vec<StatusChange>, StorageError> {
-        let sql = "SELECT id, alert_id, from_status, to_status, changed_by, note, changed_at \
-                   FROM alert_status_changes WHERE alert_id = $1 ORDER BY id";
+        let sql = format!(
+            "SELECT {STATUS_CHANGE_COLUMNS} FROM alert_status_changes WHERE alert_id = $1 \
+             ORDER BY id"
+        );
         let rows = on_pool!(self, |pool| {
-            sqlx::query_as::<Db, StatusChangeRow>(sql)
+            sqlx::query_as::<Db, StatusChangeRow>(AssertSqlSafe(sql))
                 .bind(alert_id)
                 .fetch_all(pool)
                 .await?

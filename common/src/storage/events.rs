@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::AssertSqlSafe;
 
+use super::filter::{Clauses, Param, bind_params};
 use super::{Storage, StorageError, on_pool, row_placeholders};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
@@ -37,6 +38,41 @@ pub struct StoredEvents {
     /// loses no escalation (the escalation's `Nats-Msg-Id` and the one-alert-per-event rule
     /// absorb the repeat).
     pub to_escalate: Vec<Event>,
+}
+
+/// Which events a list or count covers; every given field must match (`AND`), and the
+/// default matches every event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// Exactly this severity.
+    pub severity: Option<Severity>,
+    /// Exactly this sensor (case-sensitive).
+    pub source_name: Option<String>,
+    /// Exactly this type (case-sensitive).
+    pub event_type: Option<String>,
+    /// Stored at or after this time (inclusive).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Stored at or before this time (inclusive).
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    /// The filter as `WHERE` conditions with their bound values.
+    fn conditions(&self) -> Clauses {
+        let mut clauses = Clauses::conditions();
+        clauses.push_some("severity", "=", self.severity, |s| {
+            Param::SmallInt(s.rank())
+        });
+        clauses.push_some("source_name", "=", self.source_name.clone(), Param::Text);
+        clauses.push_some("event_type", "=", self.event_type.clone(), Param::Text);
+        clauses.push_some("created_at", ">=", self.created_from, |t| {
+            Param::Int(to_micros(t))
+        });
+        clauses.push_some("created_at", "<=", self.created_to, |t| {
+            Param::Int(to_micros(t))
+        });
+        clauses
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -228,15 +264,42 @@ impl Storage {
         Ok(count)
     }
 
-    /// The newest events first, `limit` of them after skipping `offset`.
-    pub async fn list_events(&self, limit: i64, offset: i64) -> Result<Vec<Event>, StorageError> {
-        let sql = format!("{SELECT_EVENT} ORDER BY id DESC LIMIT $1 OFFSET $2");
+    /// How many events match `filter`.
+    pub async fn count_events_matching(&self, filter: &EventFilter) -> Result<i64, StorageError> {
+        let clauses = filter.conditions();
+        let sql = format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE"));
+        let count = on_pool!(self, |pool| {
+            bind_params!(
+                sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql)),
+                clauses.params()
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(count)
+    }
+
+    /// The events matching `filter`, newest first, `limit` of them after skipping `offset`
+    /// (a negative `limit` or `offset` counts as 0, on both engines).
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Event>, StorageError> {
+        let mut clauses = filter.conditions();
+        let where_sql = clauses.sql("WHERE");
+        let limit = clauses.bind(Param::Int(limit.max(0)));
+        let offset = clauses.bind(Param::Int(offset.max(0)));
+        let sql =
+            format!("{SELECT_EVENT}{where_sql} ORDER BY id DESC LIMIT {limit} OFFSET {offset}");
         let rows = on_pool!(self, |pool| {
-            sqlx::query_as::<Db, EventRow>(AssertSqlSafe(sql))
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(pool)
-                .await?
+            bind_params!(
+                sqlx::query_as::<Db, EventRow>(AssertSqlSafe(sql)),
+                clauses.params()
+            )
+            .fetch_all(pool)
+            .await?
         });
         rows.into_iter().map(Event::try_from).collect()
     }

@@ -10,6 +10,8 @@
 
 mod alerts;
 mod events;
+mod filter;
+mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,8 +21,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use alerts::{CreatedAlerts, StatusChange};
-pub use events::{EventRecord, StoredEvents};
+pub use alerts::{AlertFilter, AlertOrdering, CreatedAlerts, StatusChange, StatusUpdate};
+pub use events::{EventFilter, EventRecord, StoredEvents};
+pub use users::{NewUser, UserChanges};
 
 /// Runs the same expression against whichever pool backs the storage; the expression is
 /// compiled once per backend, with `Db` naming that backend's `sqlx::Database`.
@@ -70,6 +73,10 @@ pub enum StorageError {
     /// same data will fail again.
     #[error("the database refused the data: {0}")]
     Rejected(#[source] sqlx::Error),
+    /// A value that must be unique is taken; names the field (`"username"`). Retrying the
+    /// same data will fail again.
+    #[error("already exists: {0}")]
+    Duplicate(&'static str),
     /// The database could not be reached or failed for a reason that may pass (I/O, pool
     /// timeout, lock contention). Retrying later may succeed.
     #[error("database unavailable: {0}")]

@@ -1,0 +1,259 @@
+//! threatmon's REST API: an axum service over `common`'s storage and subjects that serves
+//! the original DRF service's contract (JWT auth, roles, pages, DRF error bodies).
+//!
+//! [`Application::build`] binds (port 0 in tests) and [`Application::run`] serves until the
+//! shutdown token is cancelled; `main` is a few lines around them, and tests build the same
+//! router with [`app`].
+
+pub mod auth;
+pub mod error;
+pub mod input;
+pub mod openapi;
+pub mod pagination;
+pub mod routes;
+pub mod settings;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::routing::{get, post};
+use chrono::Utc;
+use common::bus::{self, BusError};
+use common::domain::Role;
+use common::storage::{NewUser, Storage, StorageError};
+use common::subjects;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{LoginLimiter, Passwords, Tokens, check_password_policy};
+use crate::input::MAX_BODY_BYTES;
+use crate::settings::Settings;
+use crate::state::{AppState, Shared};
+
+pub use crate::state::AppState as State;
+
+/// Why the api could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `SECRET_KEY` is not set.
+    #[error("SECRET_KEY is required (at least 32 bytes): set it in the environment or .env")]
+    MissingSecretKey,
+    /// The database (`DATABASE_URL`) could not be opened or migrated.
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] StorageError),
+    /// NATS (`NATS_URL`) could not be reached or set up.
+    #[error("NATS_URL: {0}")]
+    Nats(#[from] BusError),
+    /// `ADMIN_USERNAME`/`ADMIN_PASSWORD` could not be used.
+    #[error("ADMIN_PASSWORD: {0}")]
+    Admin(String),
+    /// `API_ADDR` could not be bound.
+    #[error("API_ADDR: cannot listen on {addr}: {reason}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The router: every route of [`routes::ROUTES`], without trailing slashes.
+pub fn router(state: AppState) -> Router {
+    use routes::{alerts, auth, events, health, users};
+    let mut router = Router::new()
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/users", get(users::list).post(users::create))
+        .route(
+            "/api/users/{id}",
+            get(users::get)
+                .patch(users::update)
+                .delete(users::deactivate),
+        )
+        .route("/api/events", get(events::list).post(events::create))
+        .route("/api/events/{id}", get(events::get))
+        .route("/api/alerts", get(alerts::list))
+        .route(
+            "/api/alerts/{id}",
+            get(alerts::get).patch(alerts::patch).put(alerts::put),
+        )
+        .route("/api/alerts/{id}/history", get(alerts::history))
+        .route("/api/schema", get(openapi::schema))
+        .route("/api/docs", get(openapi::docs))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http());
+    let origins: Vec<HeaderValue> = state
+        .settings
+        .cors_allowed_origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+        .collect();
+    if !origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PATCH,
+                    Method::PUT,
+                    Method::DELETE,
+                ])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                ]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// The whole service: the router behind trailing-slash normalization, so `/api/alerts/`
+/// and `/api/alerts` are the same route.
+pub fn app(state: AppState) -> NormalizePath<Router> {
+    NormalizePathLayer::trim_trailing_slash().layer(router(state))
+}
+
+/// Builds the shared state from settings: database (migrated), NATS (streams declared),
+/// token keys, password hashing, login limits.
+pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
+    let secret = settings
+        .secret_key
+        .clone()
+        .ok_or(StartError::MissingSecretKey)?;
+    let storage = Storage::connect_and_migrate(&settings.connections.database_url).await?;
+    let nats = bus::connect(
+        &settings.connections.nats_url,
+        "threatmon-api",
+        settings.connections.nats_connect_timeout(),
+    )
+    .await?;
+    let js = jetstream::new(nats.clone());
+    subjects::ensure_streams(&js).await?;
+    let concurrency = std::thread::available_parallelism().map_or(2, usize::from);
+    let passwords = Passwords::new(concurrency).map_err(|e| StartError::Admin(e.to_string()))?;
+    let state = AppState::new(Shared {
+        tokens: Tokens::new(&secret, settings.access_ttl(), settings.refresh_ttl()),
+        limiter: LoginLimiter::new(
+            settings.login_max_failures,
+            settings.login_max_failures_per_address,
+            settings.login_window(),
+        ),
+        storage,
+        nats,
+        js,
+        passwords,
+        settings,
+    });
+    ensure_admin(&state).await?;
+    Ok(state)
+}
+
+/// Creates `ADMIN_USERNAME` with `ADMIN_PASSWORD` when no user has that name.
+async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
+    let (Some(username), Some(password)) = (
+        state.settings.admin_username.as_deref(),
+        state.settings.admin_password.as_ref(),
+    ) else {
+        return Ok(());
+    };
+    if state
+        .storage
+        .user_with_password_hash(username)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    check_password_policy(password.expose(), username)
+        .map_err(|e| StartError::Admin(e.to_string()))?;
+    let password_hash = state
+        .passwords
+        .hash(password.expose())
+        .await
+        .map_err(|e| StartError::Admin(e.to_string()))?;
+    let user = NewUser {
+        username: username.to_owned(),
+        email: String::new(),
+        password_hash,
+        role: Role::Admin,
+        is_active: true,
+    };
+    match state.storage.create_user(&user, Utc::now()).await {
+        Ok(user) => tracing::info!(
+            username,
+            user_id = user.id,
+            "admin created from ADMIN_USERNAME"
+        ),
+        // Another instance starting at the same time made it first.
+        Err(StorageError::Duplicate(_)) => {}
+        Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
+
+/// A bound, ready-to-serve api.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the state and binds `API_ADDR` (port 0 picks a free one).
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let addr = settings.api_addr;
+        let state = build_state(settings).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind {
+                addr,
+                reason: e.to_string(),
+            })?;
+        Ok(Application { listener, state })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The shared state (tests seed users through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let storage = self.state.storage.clone();
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app(self.state));
+        tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        storage.close().await;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! `/api/alerts/`: read alerts (admins and analysts), change their status (admins).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use chrono::Utc;
+use common::bus::{self, Outgoing};
+use common::domain::{Alert, AlertStatus, Severity};
+use common::storage::{AlertFilter, AlertOrdering, StatusChange};
+use common::subjects;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{AdminUser, AnyUser};
+use crate::error::{ApiError, ApiResult};
+use crate::input::{Fields, JsonBody, Params};
+use crate::pagination::{Page, PageRequest};
+use crate::routes::parse_id;
+use crate::state::AppState;
+
+/// Longest note on a status change.
+const MAX_NOTE_CHARS: usize = 2000;
+
+/// A status change.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AlertPatch {
+    /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
+    pub status: AlertStatus,
+    /// Why, kept in the history.
+    pub note: Option<String>,
+}
+
+/// What `alerts.updated.<status>` carries: the alert and the change.
+#[derive(Debug, Serialize)]
+struct AlertUpdated<'a> {
+    #[serde(flatten)]
+    alert: &'a Alert,
+    change: &'a StatusChange,
+}
+
+fn ordering(params: &mut Params) -> AlertOrdering {
+    match params.get("ordering") {
+        None => AlertOrdering::NewestFirst,
+        Some("-created_at") => AlertOrdering::NewestFirst,
+        Some("created_at") => AlertOrdering::OldestFirst,
+        Some("severity") => AlertOrdering::SeverityAscending,
+        Some("-severity") => AlertOrdering::SeverityDescending,
+        Some(other) => {
+            let message = format!(
+                "\"{other}\" is not a valid ordering: use created_at, -created_at, severity or -severity."
+            );
+            params.error("ordering", message);
+            AlertOrdering::NewestFirst
+        }
+    }
+}
+
+/// Lists alerts, newest first unless `ordering` says otherwise; filters combine.
+#[utoipa::path(get, path = "/api/alerts/", tag = "alerts", security(("jwt" = [])),
+    params(
+        ("status" = Option<AlertStatus>, Query, description = "Exact status"),
+        ("event__severity" = Option<Severity>, Query, description = "The event's severity"),
+        ("severity" = Option<Severity>, Query, description = "Same as event__severity"),
+        ("eventType" = Option<String>, Query, description = "Exact event type"),
+        ("sourceName" = Option<String>, Query, description = "Exact sensor name"),
+        ("created_at__gte" = Option<String>, Query, description = "Raised at or after (RFC 3339)"),
+        ("created_at__lte" = Option<String>, Query, description = "Raised at or before (RFC 3339)"),
+        ("ordering" = Option<String>, Query, description = "created_at, -created_at (default), severity, -severity"),
+        ("page" = Option<i64>, Query, description = "Page number"),
+        ("page_size" = Option<i64>, Query, description = "Items a page, at most 100"),
+    ),
+    responses((status = 200, body = Page<Alert>), (status = 400), (status = 401), (status = 404)))]
+pub async fn list(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+    mut params: Params,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Json<Page<Alert>>> {
+    let severity = match params.get("event__severity") {
+        Some(_) => params.choice::<Severity>("event__severity"),
+        None => params.choice::<Severity>("severity"),
+    };
+    let filter = AlertFilter {
+        status: params.choice::<AlertStatus>("status"),
+        severity,
+        event_type: params.text("eventType"),
+        source_name: params.text("sourceName"),
+        created_from: params.datetime("created_at__gte"),
+        created_to: params.datetime("created_at__lte"),
+    };
+    let ordering = ordering(&mut params);
+    let page = PageRequest::from_params(&mut params);
+    params.finish()?;
+    let count = state.storage.count_alerts_matching(&filter).await?;
+    page.check_exists(count)?;
+    let alerts = state
+        .storage
+        .list_alerts(&filter, ordering, page.size, page.offset())
+        .await?;
+    Ok(Json(page.page(count, alerts, &uri, &headers)))
+}
+
+/// One alert.
+#[utoipa::path(get, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")),
+    responses((status = 200, body = Alert), (status = 401), (status = 404)))]
+pub async fn get(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Alert>> {
+    let id = parse_id(&id)?;
+    let alert = state
+        .storage
+        .alert_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(alert))
+}
+
+async fn change_status(
+    state: &AppState,
+    admin: &common::domain::User,
+    id: &str,
+    body: serde_json::Value,
+    status_required: bool,
+) -> ApiResult<Json<Alert>> {
+    let id = parse_id(id)?;
+    let mut fields = Fields::new(body)?;
+    let status = fields.choice::<AlertStatus>("status", status_required);
+    let note = if fields.has("note") {
+        fields.string("note", false)
+    } else {
+        None
+    };
+    if let Some(note) = &note
+        && note.chars().count() > MAX_NOTE_CHARS
+    {
+        fields.error(
+            "note",
+            format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
+        );
+    }
+    fields.finish()?;
+    let Some(status) = status else {
+        // A partial update with nothing to change answers the alert as it is, as DRF does.
+        let alert = state
+            .storage
+            .alert_by_id(id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        return Ok(Json(alert));
+    };
+    let update = state
+        .storage
+        .change_alert_status(id, status, admin.id, note.as_deref(), Utc::now())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if let Some(change) = &update.change {
+        tracing::info!(
+            admin = admin.id,
+            alert_id = id,
+            from = ?change.from_status,
+            to = %change.to_status,
+            "alert status changed"
+        );
+        notify(state, &update.alert, change).await;
+    }
+    Ok(Json(update.alert))
+}
+
+/// Publishes `alerts.updated.<status>`. The change is committed already; a broker outage
+/// costs the live notification, never the recorded change (it stays in the history).
+async fn notify(state: &AppState, alert: &Alert, change: &StatusChange) {
+    let subject = subjects::alert_updated_subject(change.to_status);
+    let payload = AlertUpdated { alert, change };
+    let message = match Outgoing::json(
+        subject,
+        format!("alert-{}-change-{}", alert.id, change.id),
+        &payload,
+    ) {
+        Ok(message) => message,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode an alert update");
+            return;
+        }
+    };
+    let publish = bus::publish_all(&state.js, vec![message]);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, alert_id = alert.id, "alert update not notified")
+        }
+        Err(_) => tracing::warn!(alert_id = alert.id, "alert update notification timed out"),
+    }
+}
+
+/// Changes an alert's status (`{"status": …, "note": …}`); the change is recorded (who,
+/// when, from, to, note) and published on `alerts.updated.<status>`.
+#[utoipa::path(patch, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
+    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403), (status = 404)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Alert>> {
+    change_status(&state, &admin, &id, body, false).await
+}
+
+/// As PATCH, with `status` required (the original's ModelViewSet accepted PUT too).
+#[utoipa::path(put, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
+    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403), (status = 404)))]
+pub async fn put(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Alert>> {
+    change_status(&state, &admin, &id, body, true).await
+}
+
+/// Every status change of an alert, oldest first; the first is its creation.
+#[utoipa::path(get, path = "/api/alerts/{id}/history/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")),
+    responses((status = 200, body = Vec<StatusChange>), (status = 401), (status = 404)))]
+pub async fn history(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<StatusChange>>> {
+    let id = parse_id(&id)?;
+    state
+        .storage
+        .alert_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(state.storage.status_history(id).await?))
+}

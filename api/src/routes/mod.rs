@@ -1,0 +1,54 @@
+//! The routes, one module per resource, composed over one shared [`AppState`].
+
+pub mod alerts;
+pub mod auth;
+pub mod events;
+pub mod health;
+pub mod users;
+
+use axum::http::Method;
+
+use crate::error::ApiError;
+
+/// Every route the api serves (without the optional trailing slash), for the router, the
+/// OpenAPI document and the test that checks they agree.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/auth/logout"),
+    ("GET", "/api/users"),
+    ("POST", "/api/users"),
+    ("GET", "/api/users/{id}"),
+    ("PATCH", "/api/users/{id}"),
+    ("DELETE", "/api/users/{id}"),
+    ("GET", "/api/events"),
+    ("POST", "/api/events"),
+    ("GET", "/api/events/{id}"),
+    ("GET", "/api/alerts"),
+    ("GET", "/api/alerts/{id}"),
+    ("PATCH", "/api/alerts/{id}"),
+    ("PUT", "/api/alerts/{id}"),
+    ("GET", "/api/alerts/{id}/history"),
+    ("GET", "/api/schema"),
+    ("GET", "/api/docs"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
+/// 404 for any path we do not serve.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// 405 for a path we serve, with a method we do not.
+pub async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// Parses a path id; anything but a positive integer is simply not found.
+pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or(ApiError::NotFound)
+}
