@@ -1,0 +1,121 @@
+//! The OpenAPI document describes exactly the routes the router serves.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use axum::http::StatusCode;
+use common::domain::Role;
+use support::TestApi;
+
+/// `/api/users/{id}` as the document writes it: with the original's trailing slash.
+fn documented(path: &str) -> String {
+    if path.starts_with("/api/") {
+        format!("{path}/")
+    } else {
+        path.to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_lists_every_route_with_its_schemas_and_nothing_else() {
+    let api = TestApi::start().await;
+    let (_, admin) = api.user_with_token("admin", Role::Admin).await;
+
+    let resp = api.call("GET", "/api/schema/", None, None).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let doc = resp.json;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+
+    for (method, path) in api::routes::ROUTES {
+        let operation = &paths
+            .get(&documented(path))
+            .unwrap_or_else(|| panic!("{path} is not in the document"))[method.to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{method} {path} is not in the document"
+        );
+        assert!(
+            operation["responses"]
+                .as_object()
+                .is_some_and(|r| !r.is_empty()),
+            "{method} {path} has no responses"
+        );
+        if matches!(*method, "POST" | "PATCH" | "PUT") {
+            assert!(
+                operation["requestBody"]["content"]["application/json"]["schema"].is_object(),
+                "{method} {path} has no request schema"
+            );
+        }
+        if path.starts_with("/api/")
+            && !path.starts_with("/api/auth")
+            && !path.starts_with("/api/schema")
+            && !path.starts_with("/api/docs")
+        {
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} does not say it needs a token"
+            );
+        }
+
+        // The router serves this path (another method is 405, not 404) and this method.
+        let concrete = path.replace("{id}", "1");
+        let other = api.call("TRACE", &concrete, Some(&admin), None).await;
+        assert_eq!(
+            other.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "TRACE {concrete}: {}",
+            other.text
+        );
+        let this = api.call(method, &concrete, Some(&admin), None).await;
+        assert_ne!(
+            this.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {concrete}"
+        );
+    }
+
+    let served: std::collections::HashSet<(String, String)> = api::routes::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_lowercase(), documented(p)))
+        .collect();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                served.contains(&(method.clone(), path.clone())),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+    // Response schemas name the wire shapes.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Alert",
+        "Event",
+        "User",
+        "NewEvent",
+        "StatusChange",
+        "TokenPair",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name} missing");
+    }
+    let alert = &schemas["Alert"]["properties"];
+    for field in [
+        "id",
+        "event_id",
+        "eventType",
+        "severity",
+        "status",
+        "created_at",
+    ] {
+        assert!(alert.get(field).is_some(), "Alert.{field} missing");
+    }
+
+    let docs = api.call("GET", "/api/docs/", None, None).await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(
+        docs.text.contains("<html") || docs.text.contains("<!doctype html"),
+        "an HTML page"
+    );
+}
