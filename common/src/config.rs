@@ -94,10 +94,30 @@ pub fn load<T: Parser>(service: &str) -> T {
             ) {
                 err.exit();
             }
-            eprintln!("{service}: {}", one_line(&err.to_string()));
+            eprintln!("{service}: {}", describe(&err));
             std::process::exit(2);
         }
     }
+}
+
+/// One line naming the bad setting. A secret's value is never repeated back.
+fn describe(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() == ErrorKind::ValueValidation
+        && let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg)
+    {
+        let upper = arg.to_ascii_uppercase();
+        if ["SECRET", "PASSWORD", "TOKEN"]
+            .iter()
+            .any(|word| upper.contains(word))
+        {
+            let reason = std::error::Error::source(err)
+                .map(|source| source.to_string())
+                .unwrap_or_else(|| "invalid".to_owned());
+            return format!("invalid value for '{arg}': {reason}");
+        }
+    }
+    one_line(&err.to_string())
 }
 
 /// The first line of a clap error, without its `error: ` prefix.
@@ -132,6 +152,6 @@ mod tests {
         );
 
         let err = Settings::try_parse_from(["x", "--database-url", "mysql://x"]).unwrap_err();
-        assert!(one_line(&err.to_string()).contains("DATABASE_URL"));
+        assert!(describe(&err).contains("DATABASE_URL"));
     }
 }
