@@ -244,6 +244,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let storage = self.state.storage.clone();
+        let purge = tokio::spawn(purge_revoked_tokens(storage.clone(), shutdown.clone()));
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
                 SocketAddr,
@@ -252,8 +253,25 @@ impl Application {
         axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;
+        let _ = purge.await;
         storage.close().await;
         tracing::info!("api stopped");
         Ok(())
+    }
+}
+
+/// Forgets revoked refresh tokens once they have expired anyway, hourly.
+async fn purge_revoked_tokens(storage: Storage, shutdown: CancellationToken) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    while shutdown
+        .run_until_cancelled(every_hour.tick())
+        .await
+        .is_some()
+    {
+        match storage.purge_revoked_tokens(Utc::now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired revoked tokens purged"),
+            Err(err) => tracing::warn!(error = %err, "purging revoked tokens failed"),
+        }
     }
 }
