@@ -14,6 +14,7 @@ use chrono::Utc;
 use common::bus::{self, BusError, Outgoing};
 use common::config::{Connections, Pulling};
 use common::domain::{Alert, Event};
+use common::ops::{self, Readiness};
 use common::storage::{Storage, StorageError};
 use common::subjects::{self, STAGE_ALERT};
 use common::worker::{self, Settlement, Source};
@@ -33,6 +34,10 @@ pub struct Settings {
     /// Batching and redelivery.
     #[command(flatten)]
     pub pulling: Pulling,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`off` to disable).
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102",
+          value_parser = common::ops::parse_listen_addr)]
+    pub metrics_addr: common::ops::ListenAddr,
 }
 
 /// Why the alerter could not start.
@@ -44,6 +49,14 @@ pub enum StartError {
     /// NATS (`NATS_URL`) could not be reached or set up.
     #[error("NATS_URL: {0}")]
     Nats(#[from] BusError),
+    /// The operations port (`METRICS_ADDR`) could not be bound.
+    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
+    Metrics {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One alerter: the step that turns a batch of escalations into notified alerts.
@@ -66,7 +79,7 @@ impl Alerter {
 
     /// Handles one batch completely: creates, notifies, dead-letters, then acknowledges.
     pub async fn handle_batch(&self, batch: Vec<jetstream::Message>) {
-        self.process(batch).await.apply().await;
+        self.process(batch).await.apply("alerter").await;
     }
 
     /// Does everything a batch causes except acknowledging it, and says how to settle each
@@ -74,6 +87,8 @@ impl Alerter {
     pub async fn process(&self, batch: Vec<jetstream::Message>) -> Settlement {
         let mut settlement = Settlement::default();
         let mut escalations = Vec::with_capacity(batch.len());
+        metrics::counter!(ops::ESCALATIONS_RECEIVED).increment(batch.len() as u64);
+        metrics::histogram!(ops::BATCH_SIZE, "worker" => "alerter").record(batch.len() as f64);
         for message in batch {
             match serde_json::from_slice::<Event>(&message.payload) {
                 Ok(event) => escalations.push(Escalation { message, event }),
@@ -95,7 +110,10 @@ impl Alerter {
     ) {
         tracing::warn!(subject = %message.subject, reason, "dead-lettering a message");
         match bus::dead_letter(&self.js, STAGE_ALERT, &message, reason).await {
-            Ok(()) => settlement.ack.push(message),
+            Ok(()) => {
+                metrics::counter!(ops::DEADLETTERS, "stage" => STAGE_ALERT).increment(1);
+                settlement.ack.push(message);
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "dead letter not acknowledged; retrying later");
                 settlement.retry.push(message);
@@ -116,6 +134,9 @@ impl Alerter {
             match self.storage.create_alerts(&events, Utc::now()).await {
                 Ok(created) => match self.notify(&created.alerts).await {
                     Ok(()) => {
+                        metrics::counter!(ops::ALERTS_CREATED).increment(created.newly_created);
+                        metrics::counter!(ops::ALERT_NOTIFICATIONS)
+                            .increment(created.alerts.len() as u64);
                         tracing::debug!(
                             escalations = group.len(),
                             new = created.newly_created,
@@ -183,13 +204,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         "alerter started"
     );
 
+    let ready = Readiness::new();
+    let ops_server = serve_ops(settings.metrics_addr.0, ready.clone(), shutdown.clone()).await?;
+    let lag = tokio::spawn(worker::report_lag(
+        js.clone(),
+        subjects::ESCALATIONS_STREAM,
+        subjects::ALERTER_CONSUMER.to_owned(),
+        shutdown.clone(),
+    ));
     let alerter = Alerter::new(storage.clone(), js.clone());
     let source = Source {
         stream: subjects::ESCALATIONS_STREAM,
         consumer: subjects::alerter_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
     };
-    worker::run_batches(js, source, shutdown, |batch| alerter.handle_batch(batch)).await;
+    worker::run_batches(js, source, ready, shutdown.clone(), |batch| {
+        alerter.handle_batch(batch)
+    })
+    .await;
+    shutdown.cancel();
+    let _ = lag.await;
+    if let Some(server) = ops_server {
+        let _ = server.await;
+    }
 
     if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %err, "flushing acknowledgements timed out");
@@ -197,4 +234,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     storage.close().await;
     tracing::info!("alerter stopped");
     Ok(())
+}
+
+/// Binds the operations port first (a taken port stops the start with one clear line), then
+/// serves it in the background until `shutdown`.
+async fn serve_ops(
+    addr: Option<std::net::SocketAddr>,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
+        addr,
+        reason: e.to_string(),
+    })?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(err) = ops::serve(listener, ready, shutdown).await {
+            tracing::warn!(error = %err, "operations server failed");
+        }
+    })))
 }

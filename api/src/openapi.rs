@@ -30,10 +30,12 @@ use crate::routes;
         routes::alerts::patch,
         routes::alerts::put,
         routes::alerts::history,
+        routes::alerts::stream,
         schema,
         docs,
         routes::health::healthz,
         routes::health::readyz,
+        routes::health::metrics,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -74,6 +74,12 @@ pub struct Settings {
           value_parser = parse_password)]
     pub admin_password: Option<Secret>,
 
+    /// Local quick start only: lets `ADMIN_PASSWORD` be weak (e.g. `Admin`/`Admin`, as the
+    /// original's test setup had). Refused unless `API_ADDR` is a loopback address.
+    #[arg(long, env = "LOCAL_QUICKSTART", default_value_t = false,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub local_quickstart: bool,
+
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 30 * 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]

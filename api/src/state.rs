@@ -30,6 +30,8 @@ pub struct Shared {
     pub limiter: LoginLimiter,
     /// The settings served with.
     pub settings: Settings,
+    /// Cancelled when the server stops: ends live streams so that shutdown can finish.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -537,3 +537,30 @@ async fn an_unknown_user_and_a_wrong_password_get_the_same_answer() {
         json!({"password": ["This field is required."]})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_cannot_lock_themselves_out() {
+    let api = TestApi::start().await;
+    let (me, token) = api.user_with_token("solo", Role::Admin).await;
+    let path = format!("/api/users/{}/", me.id);
+    for (method, body) in [
+        ("DELETE", None),
+        ("PATCH", Some(json!({"is_active": false}))),
+        ("PATCH", Some(json!({"role": "ANALYST"}))),
+    ] {
+        let resp = api.call(method, &path, Some(&token), body).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{method}: {}",
+            resp.text
+        );
+        assert!(resp.json["non_field_errors"].is_array());
+    }
+    assert_eq!(
+        api.call("GET", "/api/users/", Some(&token), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

@@ -139,3 +139,34 @@ async fn admin_username_and_password_create_the_first_admin_once() {
     .unwrap();
     assert_eq!(again.storage.count_users().await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_quick_start_admin_is_allowed_only_locally_and_only_when_asked() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let weak = ["--admin-username", "Admin", "--admin-password", "Admin"];
+    let err = api::build_state(support::settings(&nats, &db, &weak))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("ADMIN_PASSWORD"), "{err}");
+
+    let mut public = weak.to_vec();
+    public.extend(["--local-quickstart", "--api-addr", "0.0.0.0:0"]);
+    let err = api::build_state(support::settings(&nats, &db, &public))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+
+    let mut local = weak.to_vec();
+    local.push("--local-quickstart");
+    let state = api::build_state(support::settings(&nats, &db, &local))
+        .await
+        .unwrap();
+    let (user, _) = state
+        .storage
+        .user_with_password_hash("Admin")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.role, common::domain::Role::Admin);
+}

@@ -59,8 +59,9 @@ async fn the_document_lists_every_route_with_its_schemas_and_nothing_else() {
             );
         }
 
-        // The router serves this path (another method is 405, not 404) and this method.
-        let concrete = path.replace("{id}", "1");
+        // The router serves this path (another method is 405, not 404) and this method
+        // (anonymously: 401 for a protected route, never the 404 of an unknown path).
+        let concrete = path.replace("{id}", "999999");
         let other = api.call("TRACE", &concrete, Some(&admin), None).await;
         assert_eq!(
             other.status,
@@ -68,11 +69,11 @@ async fn the_document_lists_every_route_with_its_schemas_and_nothing_else() {
             "TRACE {concrete}: {}",
             other.text
         );
-        let this = api.call(method, &concrete, Some(&admin), None).await;
-        assert_ne!(
-            this.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {concrete}"
+        let this = api.call(method, &concrete, None, None).await;
+        assert!(
+            this.status != StatusCode::METHOD_NOT_ALLOWED && this.status != StatusCode::NOT_FOUND,
+            "{method} {concrete}: {}",
+            this.status
         );
     }
 

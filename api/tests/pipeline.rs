@@ -26,6 +26,8 @@ fn worker_args(api: &TestApi, name: &str) -> Vec<String> {
         api.nats.url(),
         "--database-url".into(),
         api.db.url().to_owned(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
     ]
 }
 

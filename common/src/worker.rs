@@ -14,6 +14,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusError;
+use crate::ops::{self, Readiness};
 
 /// Where a worker reads from.
 #[derive(Debug, Clone)]
@@ -79,10 +80,11 @@ async fn open(
 }
 
 /// Runs `step` on each batch from `source` until `shutdown` is cancelled. Returns once the
-/// batch in hand (if any) is finished.
+/// batch in hand (if any) is finished. `ready` is true while pulling.
 pub async fn run_batches<F, Fut>(
     js: jetstream::Context,
     source: Source,
+    ready: Readiness,
     shutdown: CancellationToken,
     mut step: F,
 ) where
@@ -102,6 +104,7 @@ pub async fn run_batches<F, Fut>(
             }
         };
         tracing::info!(stream = source.stream, "pulling");
+        ready.set(true);
         let mut batches = messages.ready_chunks(source.batch_size);
         loop {
             let next = tokio::select! {
@@ -131,11 +134,36 @@ pub async fn run_batches<F, Fut>(
                 break;
             }
         }
+        ready.set(false);
         if !backoff.wait(&shutdown).await {
             break;
         }
     }
+    ready.set(false);
     tracing::info!(stream = source.stream, "stopped pulling");
+}
+
+/// Reports a durable consumer's backlog as gauges every few seconds, until `shutdown`.
+pub async fn report_lag(
+    js: jetstream::Context,
+    stream: &'static str,
+    consumer: String,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    while shutdown.run_until_cancelled(every.tick()).await.is_some() {
+        let info = async {
+            let stream = js.get_stream(stream).await.ok()?;
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer(&consumer).await.ok()?;
+            consumer.info().await.ok().cloned()
+        };
+        if let Some(info) = info.await {
+            let labels = [("consumer", consumer.clone())];
+            metrics::gauge!(ops::CONSUMER_PENDING, &labels).set(info.num_pending as f64);
+            metrics::gauge!(ops::CONSUMER_ACK_PENDING, &labels).set(info.num_ack_pending as f64);
+        }
+    }
 }
 
 /// How a step left each message of its batch: acknowledged at the end, or handed back to
@@ -151,7 +179,10 @@ pub struct Settlement {
 impl Settlement {
     /// Acknowledges and negatively acknowledges, last of all. A lost acknowledgement only
     /// means a redelivery, which every stage absorbs.
-    pub async fn apply(self) {
+    pub async fn apply(self, worker: &'static str) {
+        if !self.retry.is_empty() {
+            metrics::counter!(ops::RETRIES, "worker" => worker).increment(self.retry.len() as u64);
+        }
         for message in self.retry {
             let delay = retry_delay(&message);
             if let Err(err) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {

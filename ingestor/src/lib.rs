@@ -16,6 +16,7 @@ use chrono::Utc;
 use common::bus::{self, BusError, MSG_ID_HEADER, Outgoing};
 use common::config::{Connections, Pulling, parse_severity};
 use common::domain::{EventIn, Severity};
+use common::ops::{self, Readiness};
 use common::storage::{EventRecord, Storage, StorageError};
 use common::subjects::{self, STAGE_INGEST};
 use common::worker::{self, Settlement, Source};
@@ -35,6 +36,10 @@ pub struct Settings {
     /// Batching and redelivery.
     #[command(flatten)]
     pub pulling: Pulling,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`off` to disable).
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9101",
+          value_parser = common::ops::parse_listen_addr)]
+    pub metrics_addr: common::ops::ListenAddr,
     /// Lowest severity that raises an alert.
     #[arg(long, env = "ALERT_MIN_SEVERITY", default_value = "HIGH", value_parser = parse_severity)]
     pub alert_min_severity: Severity,
@@ -49,6 +54,14 @@ pub enum StartError {
     /// NATS (`NATS_URL`) could not be reached or set up.
     #[error("NATS_URL: {0}")]
     Nats(#[from] BusError),
+    /// The operations port (`METRICS_ADDR`) could not be bound.
+    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
+    Metrics {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One ingestor: the step that turns a batch of messages into stored events.
@@ -77,7 +90,7 @@ impl Ingestor {
 
     /// Handles one batch completely: stores, escalates, dead-letters, then acknowledges.
     pub async fn handle_batch(&self, batch: Vec<jetstream::Message>) {
-        self.process(batch).await.apply().await;
+        self.process(batch).await.apply("ingestor").await;
     }
 
     /// Does everything a batch causes except acknowledging it, and says how to settle each
@@ -86,6 +99,8 @@ impl Ingestor {
         let mut settlement = Settlement::default();
         let mut valid = Vec::with_capacity(batch.len());
         let now = Utc::now();
+        metrics::counter!(ops::EVENTS_RECEIVED).increment(batch.len() as u64);
+        metrics::histogram!(ops::BATCH_SIZE, "worker" => "ingestor").record(batch.len() as f64);
         for message in batch {
             match validate(&message, now) {
                 Ok(record) => valid.push(Valid { message, record }),
@@ -104,7 +119,10 @@ impl Ingestor {
     ) {
         tracing::warn!(subject = %message.subject, reason, "dead-lettering a message");
         match bus::dead_letter(&self.js, STAGE_INGEST, &message, reason).await {
-            Ok(()) => settlement.ack.push(message),
+            Ok(()) => {
+                metrics::counter!(ops::DEADLETTERS, "stage" => STAGE_INGEST).increment(1);
+                settlement.ack.push(message);
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "dead letter not acknowledged; retrying later");
                 settlement.retry.push(message);
@@ -131,6 +149,11 @@ impl Ingestor {
                     let escalations = stored.to_escalate.len();
                     match self.escalate(stored.to_escalate).await {
                         Ok(()) => {
+                            metrics::counter!(ops::EVENTS_STORED).increment(stored.newly_stored);
+                            metrics::counter!(ops::EVENTS_DUPLICATE).increment(
+                                group.len() as u64 - stored.newly_stored.min(group.len() as u64),
+                            );
+                            metrics::counter!(ops::EVENTS_ESCALATED).increment(escalations as u64);
                             tracing::debug!(
                                 received = group.len(),
                                 new = stored.newly_stored,
@@ -233,13 +256,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         "ingestor started"
     );
 
+    let ready = Readiness::new();
+    let ops_server = serve_ops(settings.metrics_addr.0, ready.clone(), shutdown.clone()).await?;
+    let lag = tokio::spawn(worker::report_lag(
+        js.clone(),
+        subjects::EVENTS_STREAM,
+        subjects::INGESTOR_CONSUMER.to_owned(),
+        shutdown.clone(),
+    ));
     let ingestor = Ingestor::new(storage.clone(), js.clone(), settings.alert_min_severity);
     let source = Source {
         stream: subjects::EVENTS_STREAM,
         consumer: subjects::ingestor_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
     };
-    worker::run_batches(js, source, shutdown, |batch| ingestor.handle_batch(batch)).await;
+    worker::run_batches(js, source, ready, shutdown.clone(), |batch| {
+        ingestor.handle_batch(batch)
+    })
+    .await;
+    // Whatever ended the loop, the helpers stop with it.
+    shutdown.cancel();
+    let _ = lag.await;
+    if let Some(server) = ops_server {
+        let _ = server.await;
+    }
 
     // Send the last acknowledgements before leaving.
     if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
@@ -248,4 +288,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     storage.close().await;
     tracing::info!("ingestor stopped");
     Ok(())
+}
+
+/// Binds the operations port first (a taken port stops the start with one clear line), then
+/// serves it in the background until `shutdown`.
+async fn serve_ops(
+    addr: Option<std::net::SocketAddr>,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
+        addr,
+        reason: e.to_string(),
+    })?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(err) = ops::serve(listener, ready, shutdown).await {
+            tracing::warn!(error = %err, "operations server failed");
+        }
+    })))
 }

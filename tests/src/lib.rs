@@ -97,6 +97,9 @@ impl Pipeline {
             self.db.url().to_owned(),
             "--ack-wait-secs".into(),
             TEST_ACK_WAIT.as_secs().to_string(),
+            // Many workers run at once in tests: let each pick a free port.
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
         ]
     }
 

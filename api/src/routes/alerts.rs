@@ -1,8 +1,9 @@
 //! `/api/alerts/`: read alerts (admins and analysts), change their status (admins).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
 use common::bus::{self, Outgoing};
 use common::domain::{Alert, AlertStatus, Severity};
@@ -15,7 +16,7 @@ use crate::auth::{AdminUser, AnyUser};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonBody, Params};
 use crate::pagination::{Page, PageRequest};
-use crate::routes::parse_id;
+use crate::routes::{PathId, parse_id};
 use crate::state::AppState;
 
 /// Longest note on a status change.
@@ -108,7 +109,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Json<Alert>> {
     let id = parse_id(&id)?;
     let alert = state
@@ -204,7 +205,7 @@ async fn notify(state: &AppState, alert: &Alert, change: &StatusChange) {
 pub async fn patch(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Alert>> {
     change_status(&state, &admin, &id, body, false).await
@@ -217,7 +218,7 @@ pub async fn patch(
 pub async fn put(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Alert>> {
     change_status(&state, &admin, &id, body, true).await
@@ -230,7 +231,7 @@ pub async fn put(
 pub async fn history(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Json<Vec<StatusChange>>> {
     let id = parse_id(&id)?;
     state
@@ -239,4 +240,104 @@ pub async fn history(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(state.storage.status_history(id).await?))
+}
+
+/// What a live stream sends: the alert (with `change` for an update), named by kind, with
+/// the ALERTS stream sequence as its id.
+fn sse_event(message: &async_nats::jetstream::Message, wanted: &StreamFilter) -> Option<SseEvent> {
+    let payload: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+    let kind = if message.subject.starts_with("alerts.created.") {
+        "alert.created"
+    } else if message.subject.starts_with("alerts.updated.") {
+        "alert.updated"
+    } else {
+        return None;
+    };
+    if let Some(severity) = wanted.severity
+        && payload["severity"] != severity.as_str()
+    {
+        return None;
+    }
+    if let Some(status) = wanted.status
+        && payload["status"] != status.as_str()
+    {
+        return None;
+    }
+    let sequence = message.info().ok()?.stream_sequence;
+    Some(
+        SseEvent::default()
+            .id(sequence.to_string())
+            .event(kind)
+            .data(payload.to_string()),
+    )
+}
+
+/// Which alerts a live stream relays.
+#[derive(Debug, Clone, Copy)]
+struct StreamFilter {
+    severity: Option<Severity>,
+    status: Option<AlertStatus>,
+}
+
+/// Live alerts as Server-Sent Events: `alert.created` and `alert.updated`, each with the
+/// alert's JSON and the ALERTS stream sequence as its id. Filter with `severity` and
+/// `status`. A client that reconnects with `Last-Event-ID` gets everything after that id
+/// first, from the replayable ALERTS stream. Keep-alive comments every 15 s.
+#[utoipa::path(get, path = "/api/alerts/stream/", tag = "alerts", security(("jwt" = [])),
+    params(
+        ("severity" = Option<Severity>, Query, description = "Only alerts of this severity"),
+        ("status" = Option<AlertStatus>, Query, description = "Only alerts now in this status"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "An endless text/event-stream", content_type = "text/event-stream"),
+        (status = 400), (status = 401), (status = 503),
+    ))]
+pub async fn stream(
+    State(state): State<AppState>,
+    AnyUser(user): AnyUser,
+    mut params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+
+    let wanted = StreamFilter {
+        severity: params.choice::<Severity>("severity"),
+        status: params.choice::<AlertStatus>("status"),
+    };
+    params.finish()?;
+    let deliver_policy = match headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(last) => DeliverPolicy::ByStartSequence {
+            start_sequence: last.saturating_add(1),
+        },
+        None => DeliverPolicy::New,
+    };
+    let unavailable = || ApiError::Unavailable("The alert stream is unavailable, try again later.");
+    let alerts = state
+        .js
+        .get_stream(subjects::ALERTS_STREAM)
+        .await
+        .map_err(|_| unavailable())?;
+    let consumer = alerts
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subjects::ALERTS_ALL.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    let messages = consumer.messages().await.map_err(|_| unavailable())?;
+    tracing::info!(user_id = user.id, "live alert stream opened");
+    let events = messages
+        .filter_map(move |message| {
+            let event = message.ok().and_then(|m| sse_event(&m, &wanted));
+            async move { event.map(Ok) }
+        })
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }

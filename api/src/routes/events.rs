@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use common::FieldErrors;
 use common::bus::{self, Outgoing};
@@ -16,7 +16,7 @@ use crate::auth::AdminUser;
 use crate::error::{ApiError, ApiResult};
 use crate::input::{JsonBody, Params};
 use crate::pagination::{Page, PageRequest};
-use crate::routes::parse_id;
+use crate::routes::{PathId, parse_id};
 use crate::state::AppState;
 
 /// Most events one POST may carry.
@@ -68,7 +68,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Json<Event>> {
     let id = parse_id(&id)?;
     let event = state

@@ -14,6 +14,14 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Prometheus metrics: request counts and latencies by route and status, and the api's
+/// own counters.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    common::ops::metrics_endpoint().await
+}
+
 /// The database and NATS are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "A dependency is down")))]

@@ -6,7 +6,10 @@ pub mod events;
 pub mod health;
 pub mod users;
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::Method;
+use axum::http::request::Parts;
 
 use crate::error::ApiError;
 
@@ -29,10 +32,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/alerts/{id}"),
     ("PUT", "/api/alerts/{id}"),
     ("GET", "/api/alerts/{id}/history"),
+    ("GET", "/api/alerts/stream"),
     ("GET", "/api/schema"),
     ("GET", "/api/docs"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ];
 
 /// 404 for any path we do not serve.
@@ -51,4 +56,21 @@ pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or(ApiError::NotFound)
+}
+
+/// A path id as given, for [`parse_id`]. One that does not even decode (`%FF`, not UTF-8)
+/// is not found like any other non-id, instead of axum's plain-text 400.
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(PathId(id)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::NotFound),
+            Err(other) => Err(ApiError::internal(other.body_text())),
+        }
+    }
 }

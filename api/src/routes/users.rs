@@ -1,7 +1,7 @@
 //! `/api/users/`: user management, for admins.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use chrono::Utc;
 use common::domain::{Role, User};
@@ -13,7 +13,7 @@ use crate::auth::{AdminUser, check_password_policy};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonBody, Params};
 use crate::pagination::{Page, PageRequest};
-use crate::routes::parse_id;
+use crate::routes::{PathId, parse_id};
 use crate::state::AppState;
 
 /// Longest username, as in Django.
@@ -92,6 +92,9 @@ fn email_field(fields: &mut Fields) -> Option<String> {
     }
 }
 
+/// An admin may not lock themselves out: another admin must do it.
+const SELF_LOCKOUT: &str = "You cannot deactivate or demote your own account.";
+
 fn duplicate_username() -> ApiError {
     ApiError::field("username", "A user with that username already exists.")
 }
@@ -164,7 +167,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Json<User>> {
     let id = parse_id(&id)?;
     let user = state
@@ -183,7 +186,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<User>> {
     let id = parse_id(&id)?;
@@ -197,6 +200,9 @@ pub async fn update(
     let password = fields.raw_string("password", false);
     let role = fields.choice::<Role>("role", false);
     let is_active = fields.boolean("is_active");
+    if id == admin.id && (is_active == Some(false) || role == Some(Role::Analyst)) {
+        fields.error("non_field_errors", SELF_LOCKOUT);
+    }
     if let Some(password) = &password
         && let Err(err) = check_password_policy(password, &existing.username)
     {
@@ -229,9 +235,12 @@ pub async fn update(
 pub async fn deactivate(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id)?;
+    if id == admin.id {
+        return Err(ApiError::field("non_field_errors", SELF_LOCKOUT));
+    }
     let changes = UserChanges {
         is_active: Some(false),
         ..UserChanges::default()

@@ -26,6 +26,7 @@ pub const TEST_SECRET_KEY: &str = "test-secret-key-of-at-least-thirty-two-bytes"
 pub const CLIENT: &str = "192.0.2.10:40000";
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Args {
     #[command(flatten)]
     settings: Settings,
