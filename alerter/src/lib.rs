@@ -7,14 +7,12 @@
 //! between commit and notification still notifies. A message that is not an escalation goes
 //! to `deadletter.alert` with the reason and is acknowledged.
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use chrono::Utc;
 use common::bus::{self, BusError, Outgoing};
 use common::config::{Connections, Pulling};
 use common::domain::{Alert, Event};
-use common::ops::{self, Readiness};
+use common::ops;
 use common::storage::{Storage, StorageError};
 use common::subjects::{self, STAGE_ALERT};
 use common::worker::{self, Settlement, Source};
@@ -40,24 +38,7 @@ pub struct Settings {
     pub metrics_addr: common::ops::ListenAddr,
 }
 
-/// Why the alerter could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The database (`DATABASE_URL`) could not be opened or migrated.
-    #[error("DATABASE_URL: {0}")]
-    Database(#[from] StorageError),
-    /// NATS (`NATS_URL`) could not be reached or set up.
-    #[error("NATS_URL: {0}")]
-    Nats(#[from] BusError),
-    /// The operations port (`METRICS_ADDR`) could not be bound.
-    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
-    Metrics {
-        /// Where.
-        addr: std::net::SocketAddr,
-        /// Why.
-        reason: String,
-    },
-}
+pub use common::worker::StartError;
 
 /// One alerter: the step that turns a batch of escalations into notified alerts.
 #[derive(Debug, Clone)]
@@ -190,70 +171,24 @@ impl Alerter {
 
 /// Connects to the database and NATS, declares the streams, and alerts until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let storage = Storage::connect_and_migrate(&settings.connections.database_url).await?;
-    let client = bus::connect(
-        &settings.connections.nats_url,
-        "threatmon-alerter",
-        settings.connections.nats_connect_timeout(),
-    )
-    .await?;
-    let js = jetstream::new(client.clone());
-    subjects::ensure_streams(&js).await?;
+    let connected = worker::connect("alerter", &settings.connections).await?;
     tracing::info!(
         database = %common::storage::redact_url(&settings.connections.database_url),
         "alerter started"
     );
-
-    let ready = Readiness::new();
-    let ops_server = serve_ops(settings.metrics_addr.0, ready.clone(), shutdown.clone()).await?;
-    let lag = tokio::spawn(worker::report_lag(
-        js.clone(),
-        subjects::ESCALATIONS_STREAM,
-        subjects::ALERTER_CONSUMER.to_owned(),
-        shutdown.clone(),
-    ));
-    let alerter = Alerter::new(storage.clone(), js.clone());
+    let alerter = Alerter::new(connected.storage.clone(), connected.js.clone());
     let source = Source {
         stream: subjects::ESCALATIONS_STREAM,
         consumer: subjects::alerter_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
     };
-    worker::run_batches(js, source, ready, shutdown.clone(), |batch| {
-        alerter.handle_batch(batch)
-    })
-    .await;
-    shutdown.cancel();
-    let _ = lag.await;
-    if let Some(server) = ops_server {
-        let _ = server.await;
-    }
-
-    if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
-        tracing::warn!(error = %err, "flushing acknowledgements timed out");
-    }
-    storage.close().await;
-    tracing::info!("alerter stopped");
-    Ok(())
-}
-
-/// Binds the operations port first (a taken port stops the start with one clear line), then
-/// serves it in the background until `shutdown`.
-async fn serve_ops(
-    addr: Option<std::net::SocketAddr>,
-    ready: Readiness,
-    shutdown: CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
-        addr,
-        reason: e.to_string(),
-    })?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
-    Ok(Some(tokio::spawn(async move {
-        if let Err(err) = ops::serve(listener, ready, shutdown).await {
-            tracing::warn!(error = %err, "operations server failed");
-        }
-    })))
+    worker::run_worker(
+        "alerter",
+        connected,
+        source,
+        settings.metrics_addr.0,
+        shutdown,
+        |batch| alerter.handle_batch(batch),
+    )
+    .await
 }

@@ -13,8 +13,11 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::BusError;
+use crate::bus::{self, BusError};
+use crate::config::Connections;
 use crate::ops::{self, Readiness};
+use crate::storage::{Storage, StorageError};
+use crate::subjects;
 
 /// Where a worker reads from.
 #[derive(Debug, Clone)]
@@ -206,4 +209,110 @@ pub fn retry_delay(message: &jetstream::Message) -> Duration {
         .max(1);
     let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(6);
     Duration::from_secs(1 << exponent)
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database (`DATABASE_URL`) could not be opened or migrated.
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] StorageError),
+    /// NATS (`NATS_URL`) could not be reached or set up.
+    #[error("NATS_URL: {0}")]
+    Nats(#[from] BusError),
+    /// The operations port (`METRICS_ADDR`) could not be bound.
+    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
+    Metrics {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a worker runs on: the database (migrated) and NATS (streams declared).
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The database.
+    pub storage: Storage,
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// JetStream over [`Connected::client`].
+    pub js: jetstream::Context,
+}
+
+/// Opens the database (applying migrations) and NATS (declaring the streams).
+pub async fn connect(name: &str, connections: &Connections) -> Result<Connected, StartError> {
+    let storage = Storage::connect_and_migrate(&connections.database_url).await?;
+    let client = bus::connect(
+        &connections.nats_url,
+        &format!("threatmon-{name}"),
+        connections.nats_connect_timeout(),
+    )
+    .await?;
+    let js = jetstream::new(client.clone());
+    subjects::ensure_streams(&js).await?;
+    Ok(Connected {
+        storage,
+        client,
+        js,
+    })
+}
+
+/// Runs a worker to the end: serves its operations port (when `metrics_addr` is set),
+/// reports its consumer's backlog, runs `step` on every batch until `shutdown`, then sends
+/// the last acknowledgements and closes the database.
+pub async fn run_worker<F, Fut>(
+    name: &'static str,
+    connected: Connected,
+    source: Source,
+    metrics_addr: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+    step: F,
+) -> Result<(), StartError>
+where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let ready = Readiness::new();
+    let ops_server = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
+            let (ready, shutdown) = (ready.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(err) = ops::serve(listener, ready, shutdown).await {
+                    tracing::warn!(error = %err, "operations server failed");
+                }
+            }))
+        }
+    };
+    let consumer = source.consumer.durable_name.clone().unwrap_or_default();
+    let lag = tokio::spawn(report_lag(
+        connected.js.clone(),
+        source.stream,
+        consumer,
+        shutdown.clone(),
+    ));
+    run_batches(connected.js.clone(), source, ready, shutdown.clone(), step).await;
+
+    // Whatever ended the loop, the helpers stop with it.
+    shutdown.cancel();
+    let _ = lag.await;
+    if let Some(server) = ops_server {
+        let _ = server.await;
+    }
+    if tokio::time::timeout(Duration::from_secs(5), connected.client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("flushing acknowledgements timed out");
+    }
+    connected.storage.close().await;
+    tracing::info!(worker = name, "stopped");
+    Ok(())
 }

@@ -9,14 +9,12 @@
 //! not have been escalated. A message that is not a valid event goes to `deadletter.ingest`
 //! with the reason and is then acknowledged: it never stops the loop.
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use chrono::Utc;
 use common::bus::{self, BusError, MSG_ID_HEADER, Outgoing};
 use common::config::{Connections, Pulling, parse_severity};
 use common::domain::{EventIn, Severity};
-use common::ops::{self, Readiness};
+use common::ops;
 use common::storage::{EventRecord, Storage, StorageError};
 use common::subjects::{self, STAGE_INGEST};
 use common::worker::{self, Settlement, Source};
@@ -45,24 +43,7 @@ pub struct Settings {
     pub alert_min_severity: Severity,
 }
 
-/// Why the ingestor could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The database (`DATABASE_URL`) could not be opened or migrated.
-    #[error("DATABASE_URL: {0}")]
-    Database(#[from] StorageError),
-    /// NATS (`NATS_URL`) could not be reached or set up.
-    #[error("NATS_URL: {0}")]
-    Nats(#[from] BusError),
-    /// The operations port (`METRICS_ADDR`) could not be bound.
-    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
-    Metrics {
-        /// Where.
-        addr: std::net::SocketAddr,
-        /// Why.
-        reason: String,
-    },
-}
+pub use common::worker::StartError;
 
 /// One ingestor: the step that turns a batch of messages into stored events.
 #[derive(Debug, Clone)]
@@ -241,73 +222,29 @@ fn validate(
 
 /// Connects to the database and NATS, declares the streams, and ingests until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let storage = Storage::connect_and_migrate(&settings.connections.database_url).await?;
-    let client = bus::connect(
-        &settings.connections.nats_url,
-        "threatmon-ingestor",
-        settings.connections.nats_connect_timeout(),
-    )
-    .await?;
-    let js = jetstream::new(client.clone());
-    subjects::ensure_streams(&js).await?;
+    let connected = worker::connect("ingestor", &settings.connections).await?;
     tracing::info!(
         database = %common::storage::redact_url(&settings.connections.database_url),
         escalate_from = %settings.alert_min_severity,
         "ingestor started"
     );
-
-    let ready = Readiness::new();
-    let ops_server = serve_ops(settings.metrics_addr.0, ready.clone(), shutdown.clone()).await?;
-    let lag = tokio::spawn(worker::report_lag(
-        js.clone(),
-        subjects::EVENTS_STREAM,
-        subjects::INGESTOR_CONSUMER.to_owned(),
-        shutdown.clone(),
-    ));
-    let ingestor = Ingestor::new(storage.clone(), js.clone(), settings.alert_min_severity);
+    let ingestor = Ingestor::new(
+        connected.storage.clone(),
+        connected.js.clone(),
+        settings.alert_min_severity,
+    );
     let source = Source {
         stream: subjects::EVENTS_STREAM,
         consumer: subjects::ingestor_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
     };
-    worker::run_batches(js, source, ready, shutdown.clone(), |batch| {
-        ingestor.handle_batch(batch)
-    })
-    .await;
-    // Whatever ended the loop, the helpers stop with it.
-    shutdown.cancel();
-    let _ = lag.await;
-    if let Some(server) = ops_server {
-        let _ = server.await;
-    }
-
-    // Send the last acknowledgements before leaving.
-    if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
-        tracing::warn!(error = %err, "flushing acknowledgements timed out");
-    }
-    storage.close().await;
-    tracing::info!("ingestor stopped");
-    Ok(())
-}
-
-/// Binds the operations port first (a taken port stops the start with one clear line), then
-/// serves it in the background until `shutdown`.
-async fn serve_ops(
-    addr: Option<std::net::SocketAddr>,
-    ready: Readiness,
-    shutdown: CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
-        addr,
-        reason: e.to_string(),
-    })?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
-    Ok(Some(tokio::spawn(async move {
-        if let Err(err) = ops::serve(listener, ready, shutdown).await {
-            tracing::warn!(error = %err, "operations server failed");
-        }
-    })))
+    worker::run_worker(
+        "ingestor",
+        connected,
+        source,
+        settings.metrics_addr.0,
+        shutdown,
+        |batch| ingestor.handle_batch(batch),
+    )
+    .await
 }
