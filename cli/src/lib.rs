@@ -13,6 +13,7 @@ pub mod jsonl;
 mod nats;
 mod publish;
 mod session;
+mod signal;
 mod tail;
 
 use std::process::ExitCode;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use tokio::sync::Notify;
 
 use crate::error::{Error, chain};
 
@@ -35,17 +36,21 @@ pub(crate) fn parse_seconds(value: &str) -> Result<Duration, String> {
 }
 
 /// Connects once, within the connect timeout. Once connected, the client reconnects on its
-/// own for as long as the process runs; with `announce`, losing and regaining the connection
-/// is said on stderr.
-pub(crate) async fn connect(args: &NatsArgs, announce: bool) -> Result<async_nats::Client, Error> {
+/// own for as long as the process runs; with `reconnected`, losing and regaining the
+/// connection is said on stderr, and `reconnected` is notified when it is back.
+pub(crate) async fn connect(
+    args: &NatsArgs,
+    reconnected: Option<Arc<Notify>>,
+) -> Result<async_nats::Client, Error> {
     let url = args.nats_url.trim();
     let mut options = async_nats::ConnectOptions::new()
         .name("threatctl")
         .connection_timeout(args.connect_timeout);
-    if announce {
+    if let Some(reconnected) = reconnected {
         let lost = Arc::new(AtomicBool::new(false));
         options = options.event_callback(move |event| {
             let lost = Arc::clone(&lost);
+            let reconnected = Arc::clone(&reconnected);
             async move {
                 match event {
                     async_nats::Event::Disconnected => {
@@ -54,6 +59,7 @@ pub(crate) async fn connect(args: &NatsArgs, announce: bool) -> Result<async_nat
                     }
                     async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
                         eprintln!("threatctl: reconnected to NATS");
+                        reconnected.notify_one();
                     }
                     _ => {}
                 }

@@ -29,6 +29,7 @@ use crate::error::{Error, chain};
 use crate::generate::{Generator, Mix};
 use crate::jsonl::read_events;
 use crate::nats::{self, NatsArgs};
+use crate::signal::CtrlC;
 
 /// How often a publish that was not acknowledged (timeout, server restarting) is tried in all.
 const ATTEMPTS: u32 = 4;
@@ -347,7 +348,7 @@ fn progress_bar(total: u64) -> ProgressBar {
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} acked  {per_sec}  ETA {eta}",
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} acked ({percent}%)  ETA {eta}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -418,17 +419,18 @@ pub async fn run(args: PublishArgs) -> Result<(), Error> {
     } else {
         from_flags(&args)?
     };
-    let client = nats::connect(&args.nats, false).await?;
+    let client = nats::connect(&args.nats, None).await?;
     let js = jetstream::new(client.clone());
     nats::stream(&js, EVENTS_STREAM, &args.nats.nats_url).await?;
 
+    // From here on Ctrl-C stops sending, waits for what is in flight, and tells how far it got.
     let stop = CancellationToken::new();
     let on_signal = {
         let stop = stop.clone();
+        let mut ctrl_c = CtrlC::listen();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.cancel();
-            }
+            ctrl_c.recv().await;
+            stop.cancel();
         })
     };
     let total = source.total;

@@ -1,10 +1,15 @@
 //! `threatctl tail`: follow alerts from the ALERTS stream as they are created and updated.
 
 use std::io::{ErrorKind, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{DeliverPolicy, pull::OrderedConfig},
+    consumer::{
+        DeliverPolicy,
+        pull::{self, OrderedConfig},
+    },
 };
 use chrono::{DateTime, Utc};
 use common::config::parse_severity;
@@ -12,12 +17,11 @@ use common::domain::Severity;
 use common::subjects::{ALERTS_ALL, ALERTS_STREAM, alert_created_subject};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use crate::error::{Error, chain, one_line};
 use crate::nats::{self, NatsArgs};
-
-/// Errors in a row from the consumer after which `tail` gives up.
-const MAX_CONSECUTIVE_ERRORS: u32 = 10;
+use crate::signal::CtrlC;
 
 /// Follow alerts (alerts.>) as they are created and updated, one line each.
 ///
@@ -171,15 +175,63 @@ pub fn json_line(subject: &str, payload: &[u8]) -> String {
     }
 }
 
+/// An ordered consumer on the ALERTS stream that can be opened again where it left off.
+struct Follower {
+    stream: jetstream::stream::Stream,
+    filter_subject: String,
+    start: DeliverPolicy,
+    last_sequence: Option<u64>,
+}
+
+impl Follower {
+    /// Opens a consumer from the start policy, or after the last message seen.
+    async fn open(&self) -> Result<pull::Ordered, String> {
+        let deliver_policy = match self.last_sequence {
+            Some(sequence) => DeliverPolicy::ByStartSequence {
+                start_sequence: sequence + 1,
+            },
+            None => self.start,
+        };
+        let consumer = self
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.filter_subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| chain(&e))?;
+        consumer.messages().await.map_err(|e| chain(&e))
+    }
+}
+
+/// Opens the follower again, retrying until it works; `None` when Ctrl-C came first.
+async fn reopen(follower: &Follower, ctrl_c: &mut CtrlC) -> Option<pull::Ordered> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match follower.open().await {
+            Ok(messages) => return Some(messages),
+            Err(reason) => eprintln!("threatctl: {ALERTS_STREAM}: {reason}; trying again"),
+        }
+        tokio::select! {
+            () = ctrl_c.recv() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Runs `threatctl tail`.
 pub async fn run(args: TailArgs) -> Result<(), Error> {
     let subjects = args.subjects();
     let url = args.nats.nats_url.clone();
-    let client = nats::connect(&args.nats, true).await?;
+    let mut ctrl_c = CtrlC::listen();
+    let reconnected = Arc::new(Notify::new());
+    let client = nats::connect(&args.nats, Some(Arc::clone(&reconnected))).await?;
     let js = jetstream::new(client);
     let stream = nats::stream(&js, ALERTS_STREAM, &url).await?;
 
-    let (deliver_policy, from) = if args.all {
+    let (start, from) = if args.all {
         (DeliverPolicy::All, "every stored alert".to_owned())
     } else if let Some(since) = args.since {
         let nanos = since.timestamp_nanos_opt().unwrap_or_default();
@@ -190,8 +242,8 @@ pub async fn run(args: TailArgs) -> Result<(), Error> {
             format!("since {}", since.to_rfc3339()),
         )
     } else {
-        // "New" as a start sequence rather than DeliverPolicy::New, so that a consumer
-        // recreated after a reconnect, before any alert arrived, still misses nothing.
+        // "New" as a start sequence rather than DeliverPolicy::New, so that a consumer opened
+        // again after a reconnect, before any alert arrived, still misses nothing.
         let last = stream.cached_info().state.last_sequence;
         (
             DeliverPolicy::ByStartSequence {
@@ -206,18 +258,16 @@ pub async fn run(args: TailArgs) -> Result<(), Error> {
         [one] => one.clone(),
         _ => String::new(),
     };
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject,
-            deliver_policy,
-            ..Default::default()
-        })
+    let mut follower = Follower {
+        stream,
+        filter_subject,
+        start,
+        last_sequence: None,
+    };
+    let mut messages = follower
+        .open()
         .await
-        .map_err(|e| Error::with_cause(format!("cannot follow {}", subjects.join(", ")), &e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| Error::with_cause(format!("cannot follow {}", subjects.join(", ")), &e))?;
+        .map_err(|reason| Error::new(format!("cannot follow {}: {reason}", subjects.join(", "))))?;
     if std::io::stderr().is_terminal() {
         eprintln!(
             "following {} on {ALERTS_STREAM} ({from}); Ctrl-C to stop",
@@ -225,32 +275,41 @@ pub async fn run(args: TailArgs) -> Result<(), Error> {
         );
     }
 
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut printed = 0u64;
-    let mut errors_in_a_row = 0u32;
     while args.count.is_none_or(|count| printed < count) {
         let next = tokio::select! {
-            Ok(()) = &mut ctrl_c => break,
-            next = messages.next() => next,
+            () = ctrl_c.recv() => break,
+            () = reconnected.notified() => None,
+            next = messages.next() => Some(next),
         };
         let message = match next {
-            None => return Err(Error::new(format!("the {ALERTS_STREAM} feed ended"))),
-            Some(Err(err)) => {
-                errors_in_a_row += 1;
-                if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS {
-                    return Err(Error::with_cause(
-                        format!(
-                            "following {ALERTS_STREAM} failed {errors_in_a_row} times in a row"
-                        ),
-                        &err,
-                    ));
+            Some(Some(Ok(message))) => message,
+            failed => {
+                // After a reconnect the server may have lost the consumer (a restart), and the
+                // consumer would take a while to notice; after an error it is gone or stuck.
+                // Either way, open a new one after the last alert seen.
+                match failed {
+                    None => {}
+                    Some(Some(Err(err))) => {
+                        eprintln!(
+                            "threatctl: {ALERTS_STREAM}: {}; following again",
+                            chain(&err)
+                        );
+                    }
+                    Some(_) => {
+                        eprintln!("threatctl: {ALERTS_STREAM}: the consumer ended; following again")
+                    }
                 }
-                eprintln!("threatctl: {ALERTS_STREAM}: {} (carrying on)", chain(&err));
+                match reopen(&follower, &mut ctrl_c).await {
+                    Some(reopened) => messages = reopened,
+                    None => break,
+                }
                 continue;
             }
-            Some(Ok(message)) => message,
         };
-        errors_in_a_row = 0;
+        if let Ok(info) = message.info() {
+            follower.last_sequence = Some(info.stream_sequence);
+        }
         let subject = message.subject.as_str();
         if !subjects
             .iter()

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 
 use async_nats::jetstream::{self, stream::Stream};
 use bytes::Bytes;
@@ -319,12 +318,6 @@ async fn start_tail(
         .arg("tail")
         .args(args)
         .args(["--nats-url", nats_url]);
-    command.stdin(Stdio::null());
-    if std::env::var_os("DEBUG_TAIL").is_some() {
-        command
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "async_nats=debug");
-    }
     let child = command.spawn().unwrap();
     eventually(PATIENCE, "tail's consumer on ALERTS", || async {
         let mut stream = js.get_stream(ALERTS_STREAM).await.ok()?;
