@@ -333,7 +333,16 @@ pub async fn stream(
         .map_err(|_| unavailable())?;
     let messages = consumer.messages().await.map_err(|_| unavailable())?;
     tracing::info!(user_id = user.id, "live alert stream opened");
+    // On a broker error the stream ends: the client reconnects with Last-Event-ID and gets
+    // a fresh consumer from where it left off (an ordered consumer does not always recover
+    // from a server restart by itself).
     let events = messages
+        .take_while(|message| {
+            if let Err(err) = message {
+                tracing::warn!(error = %err, "live alert stream interrupted; the client will resume");
+            }
+            std::future::ready(message.is_ok())
+        })
         .filter_map(move |message| {
             let event = message.ok().and_then(|m| sse_event(&m, &wanted));
             async move { event.map(Ok) }
