@@ -132,6 +132,20 @@ impl From<sqlx::Error> for StorageError {
     }
 }
 
+/// SQLite's "busy" or "locked" (primary codes 5 and 6, also as extended codes).
+fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -153,12 +167,27 @@ impl Storage {
             {
                 std::fs::create_dir_all(dir)?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
-                .await?;
-            Ok(Storage::Sqlite(pool))
+            // Switching a new file to WAL takes a lock for which SQLite does not wait (the
+            // busy timeout does not apply), so services opening one new database at once
+            // can see "database is locked" here: that passes, so retry for a while.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut attempt = 0u64;
+            loop {
+                let opened = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options.clone())
+                    .await;
+                match opened {
+                    Ok(pool) => return Ok(Storage::Sqlite(pool)),
+                    Err(err) if is_sqlite_busy(&err) && tokio::time::Instant::now() < deadline => {
+                        attempt += 1;
+                        tracing::debug!(error = %err, attempt, "SQLite busy while opening; retrying");
+                        tokio::time::sleep(Duration::from_millis(20 * attempt.min(25))).await;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| StorageError::UnsupportedUrl(e.to_string()))?
