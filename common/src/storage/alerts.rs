@@ -1,16 +1,18 @@
 //! Alerts: exactly one per escalated event, with every status change recorded.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, on_pool, row_placeholders};
+use super::{Storage, StorageError, add_counts_sql, on_pool, row_placeholders};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
+/// Rows per multi-row `INSERT` on SQLite (7 columns × 500 rows: far below its 32,766 bound
+/// parameters).
 const INSERT_CHUNK_ROWS: usize = 500;
 const ALERT_COLUMNS: usize = 7;
 const STATUS_CHANGE_COLUMNS: &str =
@@ -65,6 +67,24 @@ pub struct AlertFilter {
 }
 
 impl AlertFilter {
+    /// True when `alert_counts` can answer a count: nothing but the status and the severity
+    /// is given.
+    fn counted(&self) -> bool {
+        // Destructured so that a new field must be considered here.
+        let AlertFilter {
+            status: _,
+            severity: _,
+            event_type,
+            source_name,
+            created_from,
+            created_to,
+        } = self;
+        event_type.is_none()
+            && source_name.is_none()
+            && created_from.is_none()
+            && created_to.is_none()
+    }
+
     /// The filter as `WHERE` conditions with their bound values.
     fn conditions(&self) -> Clauses {
         let mut clauses = Clauses::conditions();
@@ -202,10 +222,190 @@ fn numbered_rows_sql(prefix: &str, rows: usize, columns: usize, suffix: &str) ->
     sql
 }
 
+/// Postgres creates a batch's alerts, and records their creation, with one statement each of
+/// one text, whatever the batch size (so that each stays a cached prepared statement).
+const INSERT_ALERTS_UNNEST: &str = "INSERT INTO alerts (event_id, source_name, event_type, \
+     severity, status, created_at, updated_at) \
+     SELECT event_id, source_name, event_type, severity, $5, $6, $6 \
+     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[]) \
+     AS batch (event_id, source_name, event_type, severity) \
+     ON CONFLICT (event_id) DO NOTHING RETURNING id, severity";
+const RECORD_CREATIONS_UNNEST: &str = "INSERT INTO alert_status_changes (alert_id, to_status, \
+     changed_at) SELECT alert_id, $2, $3 FROM UNNEST($1::bigint[]) AS batch (alert_id)";
+
+/// The statements of [`Storage::create_alerts`] whose fastest form differs by engine.
+trait AlertStatements: sqlx::Database {
+    /// Inserts an `OPEN` alert for each event (distinct) that has none; returns `(id,
+    /// severity)` of each alert inserted.
+    async fn insert_alerts(
+        conn: &mut Self::Connection,
+        events: &[&Event],
+        now: i64,
+    ) -> Result<Vec<(i64, i16)>, StorageError>;
+
+    /// Records the creation (to `OPEN`, by the pipeline) of each of these alerts.
+    async fn record_creations(
+        conn: &mut Self::Connection,
+        alert_ids: &[i64],
+        now: i64,
+    ) -> Result<(), StorageError>;
+
+    /// The alerts of these events.
+    async fn alerts_by_event_ids(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<Vec<AlertRow>, StorageError>;
+}
+
+/// SQLite: multi-row `VALUES` and `IN` lists, in chunks.
+impl AlertStatements for Sqlite {
+    async fn insert_alerts(
+        conn: &mut Self::Connection,
+        events: &[&Event],
+        now: i64,
+    ) -> Result<Vec<(i64, i16)>, StorageError> {
+        let mut inserted = Vec::with_capacity(events.len());
+        for chunk in events.chunks(INSERT_CHUNK_ROWS) {
+            let sql = numbered_rows_sql(
+                "INSERT INTO alerts (event_id, source_name, event_type, severity, status, \
+                 created_at, updated_at) VALUES ",
+                chunk.len(),
+                ALERT_COLUMNS,
+                " ON CONFLICT (event_id) DO NOTHING RETURNING id, severity",
+            );
+            let mut query = sqlx::query_as::<Sqlite, (i64, i16)>(AssertSqlSafe(sql));
+            for event in chunk {
+                query = query
+                    .bind(event.id)
+                    .bind(event.source_name.as_str())
+                    .bind(event.event_type.as_str())
+                    .bind(event.severity.rank())
+                    .bind(AlertStatus::Open.as_str())
+                    .bind(now)
+                    .bind(now);
+            }
+            inserted.extend(query.fetch_all(&mut *conn).await?);
+        }
+        Ok(inserted)
+    }
+
+    async fn record_creations(
+        conn: &mut Self::Connection,
+        alert_ids: &[i64],
+        now: i64,
+    ) -> Result<(), StorageError> {
+        for chunk in alert_ids.chunks(INSERT_CHUNK_ROWS) {
+            let sql = numbered_rows_sql(
+                "INSERT INTO alert_status_changes (alert_id, to_status, changed_at) VALUES ",
+                chunk.len(),
+                3,
+                "",
+            );
+            let mut query = sqlx::query::<Sqlite>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id).bind(AlertStatus::Open.as_str()).bind(now);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn alerts_by_event_ids(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<Vec<AlertRow>, StorageError> {
+        let mut rows = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(INSERT_CHUNK_ROWS) {
+            let mut sql = format!("{SELECT_ALERT} WHERE event_id IN ");
+            row_placeholders(&mut sql, 1, chunk.len());
+            let mut query = sqlx::query_as::<Sqlite, AlertRow>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(query.fetch_all(&mut *conn).await?);
+        }
+        Ok(rows)
+    }
+}
+
+/// Postgres: one statement per batch, with one array per column.
+impl AlertStatements for Postgres {
+    async fn insert_alerts(
+        conn: &mut Self::Connection,
+        events: &[&Event],
+        now: i64,
+    ) -> Result<Vec<(i64, i16)>, StorageError> {
+        let n = events.len();
+        let mut event_ids = Vec::with_capacity(n);
+        let mut source_names = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut severities = Vec::with_capacity(n);
+        for event in events {
+            event_ids.push(event.id);
+            source_names.push(event.source_name.as_str());
+            event_types.push(event.event_type.as_str());
+            severities.push(event.severity.rank());
+        }
+        let inserted = sqlx::query_as::<Postgres, (i64, i16)>(INSERT_ALERTS_UNNEST)
+            .bind(event_ids)
+            .bind(source_names)
+            .bind(event_types)
+            .bind(severities)
+            .bind(AlertStatus::Open.as_str())
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(inserted)
+    }
+
+    async fn record_creations(
+        conn: &mut Self::Connection,
+        alert_ids: &[i64],
+        now: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query::<Postgres>(RECORD_CREATIONS_UNNEST)
+            .bind(alert_ids)
+            .bind(AlertStatus::Open.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn alerts_by_event_ids(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<Vec<AlertRow>, StorageError> {
+        let sql = format!("{SELECT_ALERT} WHERE event_id = ANY($1::bigint[])");
+        let rows = sqlx::query_as::<Postgres, AlertRow>(AssertSqlSafe(sql))
+            .bind(event_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(rows)
+    }
+}
+
+/// Adds `delta` to the counts of `alert_counts`, with one upsert of the keys in order (a
+/// BTreeMap's; see `add_counts_sql`). Nothing when there is nothing to add.
+macro_rules! add_alert_counts {
+    ($Db:ty, $tx:expr, $delta:expr) => {{
+        let delta: &BTreeMap<(&str, i16), i64> = $delta;
+        if !delta.is_empty() {
+            let sql = add_counts_sql("alert_counts", &["status", "severity"], delta.len());
+            let mut query = sqlx::query::<$Db>(AssertSqlSafe(sql));
+            for ((status, severity), n) in delta {
+                query = query.bind(*status).bind(*severity).bind(*n);
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+
 impl Storage {
     /// Makes the alert of each escalated event, in one transaction, unless it exists: an event
     /// has exactly one alert however often its escalation arrives. Returns every event's
     /// alert, so that a redelivery can notify again what a crash may have left unnotified.
+    /// The counts of `alert_counts` grow by the alerts made, in the same transaction.
     pub async fn create_alerts(
         &self,
         events: &[Event],
@@ -216,56 +416,28 @@ impl Storage {
         if events.is_empty() {
             return Ok(CreatedAlerts::default());
         }
+        let event_ids: Vec<i64> = events.iter().map(|e| e.id).collect();
         let now = to_micros(now);
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let mut created_ids = Vec::new();
-            for chunk in events.chunks(INSERT_CHUNK_ROWS) {
-                let sql = numbered_rows_sql(
-                    "INSERT INTO alerts (event_id, source_name, event_type, severity, status, \
-                     created_at, updated_at) VALUES ",
-                    chunk.len(),
-                    ALERT_COLUMNS,
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING id",
-                );
-                let mut query = sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql));
-                for event in chunk {
-                    query = query
-                        .bind(event.id)
-                        .bind(event.source_name.as_str())
-                        .bind(event.event_type.as_str())
-                        .bind(event.severity.rank())
-                        .bind(AlertStatus::Open.as_str())
-                        .bind(now)
-                        .bind(now);
-                }
-                created_ids.extend(query.fetch_all(&mut *tx).await?);
+            let created = <Db as AlertStatements>::insert_alerts(&mut tx, &events, now).await?;
+            let mut created_ids = Vec::with_capacity(created.len());
+            let mut added: BTreeMap<(&str, i16), i64> = BTreeMap::new();
+            for (id, severity) in &created {
+                created_ids.push(*id);
+                *added
+                    .entry((AlertStatus::Open.as_str(), *severity))
+                    .or_default() += 1;
             }
-            for chunk in created_ids.chunks(INSERT_CHUNK_ROWS) {
-                let sql = numbered_rows_sql(
-                    "INSERT INTO alert_status_changes (alert_id, to_status, changed_at) VALUES ",
-                    chunk.len(),
-                    3,
-                    "",
-                );
-                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                for id in chunk {
-                    query = query.bind(*id).bind(AlertStatus::Open.as_str()).bind(now);
-                }
-                query.execute(&mut *tx).await?;
+            if !created_ids.is_empty() {
+                <Db as AlertStatements>::record_creations(&mut tx, &created_ids, now).await?;
             }
             let mut alerts = Vec::with_capacity(events.len());
-            for chunk in events.chunks(INSERT_CHUNK_ROWS) {
-                let mut sql = format!("{SELECT_ALERT} WHERE event_id IN ");
-                row_placeholders(&mut sql, 1, chunk.len());
-                let mut query = sqlx::query_as::<Db, AlertRow>(AssertSqlSafe(sql));
-                for event in chunk {
-                    query = query.bind(event.id);
-                }
-                for row in query.fetch_all(&mut *tx).await? {
-                    alerts.push(Alert::try_from(row)?);
-                }
+            for row in <Db as AlertStatements>::alerts_by_event_ids(&mut tx, &event_ids).await? {
+                alerts.push(Alert::try_from(row)?);
             }
+            // Last before the commit, so that the count rows stay locked briefly.
+            add_alert_counts!(Db, tx, &added);
             tx.commit().await?;
             Ok(CreatedAlerts {
                 alerts,
@@ -298,20 +470,24 @@ impl Storage {
         row.map(Alert::try_from).transpose()
     }
 
-    /// How many alerts exist.
+    /// How many alerts exist (from `alert_counts`: no scan).
     pub async fn count_alerts(&self) -> Result<i64, StorageError> {
-        let count = on_pool!(self, |pool| {
-            sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM alerts")
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(count)
+        self.count_alerts_matching(&AlertFilter::default()).await
     }
 
-    /// How many alerts match `filter`.
+    /// How many alerts match `filter`. A filter on nothing but the status and the severity is
+    /// answered from `alert_counts` (at most twelve rows); any other counts the matching rows.
     pub async fn count_alerts_matching(&self, filter: &AlertFilter) -> Result<i64, StorageError> {
         let clauses = filter.conditions();
-        let sql = format!("SELECT COUNT(*) FROM alerts{}", clauses.sql("WHERE"));
+        // SUM(BIGINT) is NUMERIC on Postgres: cast back to BIGINT.
+        let sql = if filter.counted() {
+            format!(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM alert_counts{}",
+                clauses.sql("WHERE")
+            )
+        } else {
+            format!("SELECT COUNT(*) FROM alerts{}", clauses.sql("WHERE"))
+        };
         let count = on_pool!(self, |pool| {
             bind_params!(
                 sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql)),
@@ -351,9 +527,10 @@ impl Storage {
         rows.into_iter().map(Alert::try_from).collect()
     }
 
-    /// Sets an alert's status and records the change (who, when, why), in one transaction.
-    /// Returns `None` when there is no such alert; a [`StatusUpdate`] without a change when
-    /// the alert already had status `to` (nothing is recorded then).
+    /// Sets an alert's status and records the change (who, when, why), in one transaction,
+    /// which also moves one from the alert's old (status, severity) count of `alert_counts` to
+    /// the new. Returns `None` when there is no such alert; a [`StatusUpdate`] without a
+    /// change when the alert already had status `to` (nothing is recorded then).
     ///
     /// Safe under concurrent changes on both engines: the first statement is a no-op `UPDATE`
     /// of the row that returns its status, which takes SQLite's write lock (other writers wait
@@ -376,13 +553,14 @@ impl Storage {
         let select_sql = format!("{SELECT_ALERT} WHERE id = $1");
         let (row, change) = on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let current = sqlx::query_scalar::<Db, String>(
-                "UPDATE alerts SET updated_at = updated_at WHERE id = $1 RETURNING status",
+            let current = sqlx::query_as::<Db, (String, i16)>(
+                "UPDATE alerts SET updated_at = updated_at WHERE id = $1 \
+                 RETURNING status, severity",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(current) = current else {
+            let Some((current, severity)) = current else {
                 // Nothing was written; dropping the transaction rolls it back.
                 return Ok(None);
             };
@@ -410,6 +588,15 @@ impl Storage {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
+            // Last before the commit, so that the count rows stay locked briefly. This
+            // transaction holds the alert's row lock, so `current` is the committed status.
+            if change.is_some() {
+                let moved = BTreeMap::from([
+                    ((current.as_str(), severity), -1),
+                    ((to.as_str(), severity), 1),
+                ]);
+                add_alert_counts!(Db, tx, &moved);
+            }
             tx.commit().await?;
             (row, change)
         });

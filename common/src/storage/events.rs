@@ -1,21 +1,28 @@
 //! Events: stored once per idempotency key, read newest first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, on_pool, row_placeholders};
+use super::{Storage, StorageError, add_counts_sql, on_pool, row_placeholders};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
-/// Rows per multi-row `INSERT`: 8 columns × 500 rows stays far below both engines' limit on
-/// bound parameters (SQLite 32,766; Postgres 65,535).
+/// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
+/// bound parameters (32,766).
 const INSERT_CHUNK_ROWS: usize = 500;
 const EVENT_COLUMNS: usize = 8;
 const SELECT_EVENT: &str = "SELECT id, uid, source_name, event_type, severity, description, \
                             occurred_at, attributes, created_at FROM events";
+/// Postgres inserts a whole batch with one statement of one text, whatever the batch size, so
+/// that it stays a cached prepared statement: one array per column, zipped by `UNNEST`.
+const INSERT_EVENTS_UNNEST: &str = "INSERT INTO events (uid, source_name, event_type, severity, \
+     description, occurred_at, attributes, created_at) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], \
+     $6::bigint[], $7::text[], $8::bigint[]) \
+     ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity";
 
 /// A validated event with the idempotency key it will be stored under.
 #[derive(Debug, Clone)]
@@ -57,6 +64,22 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// True when `event_counts` can answer a count: nothing but the severity is given.
+    fn counted(&self) -> bool {
+        // Destructured so that a new field must be considered here.
+        let EventFilter {
+            severity: _,
+            source_name,
+            event_type,
+            created_from,
+            created_to,
+        } = self;
+        source_name.is_none()
+            && event_type.is_none()
+            && created_from.is_none()
+            && created_to.is_none()
+    }
+
     /// The filter as `WHERE` conditions with their bound values.
     fn conditions(&self) -> Clauses {
         let mut clauses = Clauses::conditions();
@@ -142,7 +165,7 @@ fn insert_sql(rows: usize) -> String {
         }
         row_placeholders(&mut sql, row * EVENT_COLUMNS + 1, EVENT_COLUMNS);
     }
-    sql.push_str(" ON CONFLICT (uid) DO NOTHING RETURNING id, uid");
+    sql.push_str(" ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity");
     sql
 }
 
@@ -153,53 +176,163 @@ fn in_list_sql(prefix: &str, count: usize) -> String {
     sql
 }
 
+/// The stored form of an event's attributes: JSON text, or NULL when it has none.
+fn attributes_text(record: &EventRecord) -> Option<String> {
+    record
+        .event
+        .attributes
+        .as_ref()
+        .map(|map| serde_json::Value::Object(map.clone()).to_string())
+}
+
+/// The statements of [`Storage::store_events`] whose fastest form differs by engine.
+trait EventStatements: sqlx::Database {
+    /// Inserts the events whose key is not stored yet (the keys of `records` are distinct);
+    /// returns `(id, uid, severity)` of each row inserted.
+    async fn insert_events(
+        conn: &mut Self::Connection,
+        records: &[&EventRecord],
+    ) -> Result<Vec<(i64, String, i16)>, StorageError>;
+
+    /// The stored events with these keys.
+    async fn events_by_uids(
+        conn: &mut Self::Connection,
+        uids: &[&str],
+    ) -> Result<Vec<EventRow>, StorageError>;
+}
+
+/// SQLite: multi-row `VALUES` and `IN` lists, in chunks.
+impl EventStatements for Sqlite {
+    async fn insert_events(
+        conn: &mut Self::Connection,
+        records: &[&EventRecord],
+    ) -> Result<Vec<(i64, String, i16)>, StorageError> {
+        let mut inserted = Vec::with_capacity(records.len());
+        for chunk in records.chunks(INSERT_CHUNK_ROWS) {
+            let sql = insert_sql(chunk.len());
+            let mut query = sqlx::query_as::<Sqlite, (i64, String, i16)>(AssertSqlSafe(sql));
+            for record in chunk {
+                let event = &record.event;
+                query = query
+                    .bind(record.uid.as_str())
+                    .bind(event.source_name.as_str())
+                    .bind(event.event_type.as_str())
+                    .bind(event.severity.rank())
+                    .bind(event.description.as_str())
+                    .bind(event.occurred_at.map(to_micros))
+                    .bind(attributes_text(record))
+                    .bind(to_micros(record.created_at));
+            }
+            inserted.extend(query.fetch_all(&mut *conn).await?);
+        }
+        Ok(inserted)
+    }
+
+    async fn events_by_uids(
+        conn: &mut Self::Connection,
+        uids: &[&str],
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let mut rows = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(INSERT_CHUNK_ROWS) {
+            let sql = in_list_sql(&format!("{SELECT_EVENT} WHERE uid"), chunk.len());
+            let mut query = sqlx::query_as::<Sqlite, EventRow>(AssertSqlSafe(sql));
+            for uid in chunk {
+                query = query.bind(*uid);
+            }
+            rows.extend(query.fetch_all(&mut *conn).await?);
+        }
+        Ok(rows)
+    }
+}
+
+/// Postgres: one statement per batch, with one array per column.
+impl EventStatements for Postgres {
+    async fn insert_events(
+        conn: &mut Self::Connection,
+        records: &[&EventRecord],
+    ) -> Result<Vec<(i64, String, i16)>, StorageError> {
+        let n = records.len();
+        let mut uids = Vec::with_capacity(n);
+        let mut source_names = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut severities = Vec::with_capacity(n);
+        let mut descriptions = Vec::with_capacity(n);
+        let mut occurred_ats = Vec::with_capacity(n);
+        let mut attributes = Vec::with_capacity(n);
+        let mut created_ats = Vec::with_capacity(n);
+        for record in records {
+            let event = &record.event;
+            uids.push(record.uid.as_str());
+            source_names.push(event.source_name.as_str());
+            event_types.push(event.event_type.as_str());
+            severities.push(event.severity.rank());
+            descriptions.push(event.description.as_str());
+            occurred_ats.push(event.occurred_at.map(to_micros));
+            attributes.push(attributes_text(record));
+            created_ats.push(to_micros(record.created_at));
+        }
+        let inserted = sqlx::query_as::<Postgres, (i64, String, i16)>(INSERT_EVENTS_UNNEST)
+            .bind(uids)
+            .bind(source_names)
+            .bind(event_types)
+            .bind(severities)
+            .bind(descriptions)
+            .bind(occurred_ats)
+            .bind(attributes)
+            .bind(created_ats)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(inserted)
+    }
+
+    async fn events_by_uids(
+        conn: &mut Self::Connection,
+        uids: &[&str],
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let sql = format!("{SELECT_EVENT} WHERE uid = ANY($1::text[])");
+        let rows = sqlx::query_as::<Postgres, EventRow>(AssertSqlSafe(sql))
+            .bind(uids)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(rows)
+    }
+}
+
 impl Storage {
     /// Stores a batch of events in one transaction. An event whose key is already stored is
-    /// left as it is (not an error). Returns how many were new and which stored events of the
-    /// batch are at or above `escalate_from`.
+    /// left as it is (not an error); of events sharing a key within the batch, the first is
+    /// the one stored. Returns how many were new and which stored events of the batch are at
+    /// or above `escalate_from`. The counts of `event_counts` grow by the events stored, in
+    /// the same transaction.
     pub async fn store_events(
         &self,
         records: &[EventRecord],
         escalate_from: Severity,
     ) -> Result<StoredEvents, StorageError> {
+        // A repeat of a key within the batch is not sent: the first with a key is the one
+        // stored, whatever order the engine inserts the rows of one statement in.
+        let mut seen = HashSet::new();
+        let records: Vec<&EventRecord> = records
+            .iter()
+            .filter(|record| seen.insert(record.uid.as_str()))
+            .collect();
         if records.is_empty() {
             return Ok(StoredEvents::default());
         }
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let mut new_ids: HashMap<String, i64> = HashMap::with_capacity(records.len());
-            for chunk in records.chunks(INSERT_CHUNK_ROWS) {
-                let sql = insert_sql(chunk.len());
-                let mut query = sqlx::query_as::<Db, (i64, String)>(AssertSqlSafe(sql));
-                for record in chunk {
-                    let event = &record.event;
-                    let attributes = event
-                        .attributes
-                        .as_ref()
-                        .map(|map| serde_json::Value::Object(map.clone()).to_string());
-                    query = query
-                        .bind(record.uid.as_str())
-                        .bind(event.source_name.as_str())
-                        .bind(event.event_type.as_str())
-                        .bind(event.severity.rank())
-                        .bind(event.description.as_str())
-                        .bind(event.occurred_at.map(to_micros))
-                        .bind(attributes)
-                        .bind(to_micros(record.created_at));
-                }
-                for (id, uid) in query.fetch_all(&mut *tx).await? {
-                    new_ids.insert(uid, id);
-                }
+            let inserted = <Db as EventStatements>::insert_events(&mut tx, &records).await?;
+            let mut new_ids: HashMap<&str, i64> = HashMap::with_capacity(inserted.len());
+            let mut added: BTreeMap<i16, i64> = BTreeMap::new();
+            for (id, uid, severity) in &inserted {
+                new_ids.insert(uid.as_str(), *id);
+                *added.entry(*severity).or_default() += 1;
             }
 
-            let mut seen = HashSet::new();
             let mut to_escalate = Vec::new();
             let mut already_stored = Vec::new();
-            for record in records {
-                if !seen.insert(record.uid.as_str()) {
-                    continue;
-                }
-                match new_ids.get(&record.uid) {
+            for record in &records {
+                match new_ids.get(record.uid.as_str()) {
                     Some(&id) if record.event.severity >= escalate_from => {
                         to_escalate.push(stored_event(record, id))
                     }
@@ -207,24 +340,31 @@ impl Storage {
                     None => already_stored.push(record.uid.as_str()),
                 }
             }
-            // Keys stored before (a redelivery, or a repeat within the batch): escalate what
-            // the database holds, which is what the first delivery stored.
-            for chunk in already_stored.chunks(INSERT_CHUNK_ROWS) {
-                let sql = in_list_sql(&format!("{SELECT_EVENT} WHERE uid"), chunk.len());
-                let mut query = sqlx::query_as::<Db, EventRow>(AssertSqlSafe(sql));
-                for uid in chunk {
-                    query = query.bind(*uid);
-                }
-                for row in query.fetch_all(&mut *tx).await? {
+            // Keys stored before (a redelivery): escalate what the database holds, which is
+            // what the first delivery stored.
+            if !already_stored.is_empty() {
+                for row in <Db as EventStatements>::events_by_uids(&mut tx, &already_stored).await?
+                {
                     let event = Event::try_from(row)?;
                     if event.severity >= escalate_from {
                         to_escalate.push(event);
                     }
                 }
             }
+
+            // Last before the commit, so that the count rows stay locked briefly; keys in
+            // order (a BTreeMap's), see `add_counts_sql`.
+            if !added.is_empty() {
+                let sql = add_counts_sql("event_counts", &["severity"], added.len());
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for (severity, n) in &added {
+                    query = query.bind(*severity).bind(*n);
+                }
+                query.execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(StoredEvents {
-                newly_stored: new_ids.len() as u64,
+                newly_stored: inserted.len() as u64,
                 to_escalate,
             })
         })
@@ -254,20 +394,24 @@ impl Storage {
         row.map(Event::try_from).transpose()
     }
 
-    /// How many events are stored.
+    /// How many events are stored (from `event_counts`: no scan).
     pub async fn count_events(&self) -> Result<i64, StorageError> {
-        let count = on_pool!(self, |pool| {
-            sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM events")
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(count)
+        self.count_events_matching(&EventFilter::default()).await
     }
 
-    /// How many events match `filter`.
+    /// How many events match `filter`. A filter on nothing but the severity is answered from
+    /// `event_counts` (at most four rows); any other counts the matching rows.
     pub async fn count_events_matching(&self, filter: &EventFilter) -> Result<i64, StorageError> {
         let clauses = filter.conditions();
-        let sql = format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE"));
+        // SUM(BIGINT) is NUMERIC on Postgres: cast back to BIGINT.
+        let sql = if filter.counted() {
+            format!(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM event_counts{}",
+                clauses.sql("WHERE")
+            )
+        } else {
+            format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE"))
+        };
         let count = on_pool!(self, |pool| {
             bind_params!(
                 sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql)),

@@ -4,9 +4,18 @@
 //! every query is written once in SQL both accept (`$1` placeholders, `RETURNING`,
 //! `ON CONFLICT`), and [`on_pool!`] expands each query once per backend, so the compiler
 //! checks every bind and row type against both drivers. Where a backend has a faster form
-//! of the same statement, the method says so. Queries are built at run time (not sqlx's
+//! of the same statement, the method says so: the bulk statements of `store_events` and
+//! `create_alerts` are methods of a small trait implemented for each `sqlx::Database`
+//! (multi-row `VALUES` on SQLite, one `UNNEST` of arrays per batch on Postgres), called as
+//! `<Db as …>::method` inside `on_pool!`. Queries are built at run time (not sqlx's
 //! `query!` macros), so building needs no live database; every query is exercised on both
 //! backends by the test suite (`THREATMON_TEST_BACKEND=postgres` reruns it on Postgres).
+//!
+//! Exact counts without scans: `event_counts` (per severity) and `alert_counts` (per status
+//! and severity) are kept in the same transaction as every change to the rows they count,
+//! by one upsert of sorted keys (see `add_counts_sql`); a count filtered by nothing but
+//! those columns reads them instead of the rows. Anything writing `events` or `alerts` must
+//! keep them too.
 
 mod alerts;
 mod events;
@@ -288,6 +297,30 @@ fn row_placeholders(sql: &mut String, first: usize, columns: usize) {
     sql.push(')');
 }
 
+/// The upsert that adds `n` to the count of each of `rows` keys of a counts table
+/// (`event_counts`, `alert_counts`): `INSERT INTO table (keys…, n) VALUES (…), (…)
+/// ON CONFLICT (keys…) DO UPDATE SET n = table.n + excluded.n`.
+///
+/// Callers bind the rows in sorted key order and run it once per transaction, as late as they
+/// can: a Postgres upsert locks the rows it touches in `VALUES` order until the commit, so
+/// concurrent writers (several ingestors or alerters on one database) all take these locks in
+/// one order and cannot deadlock, and hold them only briefly.
+fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String {
+    let columns = keys.len() + 1;
+    let keys = keys.join(", ");
+    let mut sql = format!("INSERT INTO {table} ({keys}, n) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        row_placeholders(&mut sql, row * columns + 1, columns);
+    }
+    sql.push_str(&format!(
+        " ON CONFLICT ({keys}) DO UPDATE SET n = {table}.n + excluded.n"
+    ));
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +339,14 @@ mod tests {
         let mut sql = String::new();
         row_placeholders(&mut sql, 4, 3);
         assert_eq!(sql, "($4, $5, $6)");
+    }
+
+    #[test]
+    fn count_upserts_add_to_every_key_given() {
+        assert_eq!(
+            add_counts_sql("alert_counts", &["status", "severity"], 2),
+            "INSERT INTO alert_counts (status, severity, n) VALUES ($1, $2, $3), ($4, $5, $6) \
+             ON CONFLICT (status, severity) DO UPDATE SET n = alert_counts.n + excluded.n"
+        );
     }
 }
