@@ -36,8 +36,9 @@ impl Connections {
 /// How a worker pulls from its consumer.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Pulling {
-    /// Most messages stored or alerted in one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 500,
+    /// Most messages stored or alerted in one transaction. 1,000 by measurement: the
+    /// ingestor alone stored 27k events/s at 500, 29k at 1,000, 31k at 2,000 (SQLite, 2 cores).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub batch_size: u16,
 

@@ -74,7 +74,9 @@ async fn open(
         .map_err(|e| BusError::Setup(format!("consumer on {}: {e}", source.stream)))?;
     consumer
         .stream()
-        .max_messages_per_batch(source.batch_size)
+        // Several batches outstanding, so a full batch is buffered while the last one is
+        // being stored: with only one, batches come out a fraction of the size.
+        .max_messages_per_batch(source.batch_size.saturating_mul(4))
         .expires(Duration::from_secs(10))
         .heartbeat(Duration::from_secs(2))
         .messages()
@@ -113,7 +115,9 @@ pub async fn run_batches<F, Fut>(
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break 'connect,
-                next = batches.next() => next,
+                // Unconstrained: tokio's cooperative budget would end each chunk after 128
+                // messages however many are waiting, capping batches far below batch_size.
+                next = tokio::task::unconstrained(batches.next()) => next,
             };
             let Some(items) = next else {
                 tracing::warn!(stream = source.stream, "message stream ended; reopening");
@@ -129,7 +133,14 @@ pub async fn run_batches<F, Fut>(
             }
             if !batch.is_empty() {
                 backoff.reset();
+                let size = batch.len();
+                let started = std::time::Instant::now();
                 step(batch).await;
+                tracing::debug!(
+                    size,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "batch done"
+                );
             }
             if let Some(err) = failure {
                 // Missed heartbeats, a server restart, a deleted consumer: start over.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, on_pool, row_placeholders};
+use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite (7 columns × 500 rows: far below its 32,766 bound
@@ -210,13 +210,13 @@ impl TryFrom<StatusChangeRow> for StatusChange {
     }
 }
 
-fn numbered_rows_sql(prefix: &str, rows: usize, columns: usize, suffix: &str) -> String {
+fn anonymous_rows_sql(prefix: &str, rows: usize, columns: usize, suffix: &str) -> String {
     let mut sql = String::from(prefix);
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
-        row_placeholders(&mut sql, row * columns + 1, columns);
+        anonymous_placeholders(&mut sql, columns);
     }
     sql.push_str(suffix);
     sql
@@ -266,7 +266,7 @@ impl AlertStatements for Sqlite {
     ) -> Result<Vec<(i64, i16)>, StorageError> {
         let mut inserted = Vec::with_capacity(events.len());
         for chunk in events.chunks(INSERT_CHUNK_ROWS) {
-            let sql = numbered_rows_sql(
+            let sql = anonymous_rows_sql(
                 "INSERT INTO alerts (event_id, source_name, event_type, severity, status, \
                  created_at, updated_at) VALUES ",
                 chunk.len(),
@@ -295,7 +295,7 @@ impl AlertStatements for Sqlite {
         now: i64,
     ) -> Result<(), StorageError> {
         for chunk in alert_ids.chunks(INSERT_CHUNK_ROWS) {
-            let sql = numbered_rows_sql(
+            let sql = anonymous_rows_sql(
                 "INSERT INTO alert_status_changes (alert_id, to_status, changed_at) VALUES ",
                 chunk.len(),
                 3,
@@ -317,7 +317,7 @@ impl AlertStatements for Sqlite {
         let mut rows = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(INSERT_CHUNK_ROWS) {
             let mut sql = format!("{SELECT_ALERT} WHERE event_id IN ");
-            row_placeholders(&mut sql, 1, chunk.len());
+            anonymous_placeholders(&mut sql, chunk.len());
             let mut query = sqlx::query_as::<Sqlite, AlertRow>(AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, on_pool, row_placeholders};
+use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
@@ -163,7 +163,7 @@ fn insert_sql(rows: usize) -> String {
         if row > 0 {
             sql.push_str(", ");
         }
-        row_placeholders(&mut sql, row * EVENT_COLUMNS + 1, EVENT_COLUMNS);
+        anonymous_placeholders(&mut sql, EVENT_COLUMNS);
     }
     sql.push_str(" ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity");
     sql
@@ -172,7 +172,7 @@ fn insert_sql(rows: usize) -> String {
 fn in_list_sql(prefix: &str, count: usize) -> String {
     let mut sql = String::from(prefix);
     sql.push_str(" IN ");
-    row_placeholders(&mut sql, 1, count);
+    anonymous_placeholders(&mut sql, count);
     sql
 }
 

@@ -1,0 +1,213 @@
+//! The services under test as real processes (the release binaries beside this one), their
+//! peak memory, and facts about the machine.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A running `ingestor`, `alerter` or `api`.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The directory holding this binary, where `cargo build --release --workspace --bins` puts
+/// the services too.
+fn binaries_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .context("this program has no directory")
+}
+
+/// A free loopback port (bound, then released for the service to take).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl Service {
+    /// Starts `name` with `env`, logging to `<log_dir>/<name>.log`.
+    pub fn start(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Result<Service> {
+        let binary = binaries_dir()?.join(name);
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build the services first (`cargo build --release --workspace --bins`, \
+                 which scripts/bench does)",
+                binary.display()
+            );
+        }
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).context("creating a log file")?;
+        let mut command = Command::new(&binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Service { name, child, log })
+    }
+
+    /// Waits until `url` answers 200 (a readiness endpoint), or fails with the log's tail.
+    pub async fn wait_ready(&mut self, url: &str) -> Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}): {}", self.name, self.log_tail());
+            }
+            if let Ok(response) = client.get(url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after 60 s: {}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The most memory the process has held (peak resident set, `VmHWM`), in MiB.
+    pub fn peak_memory_mib(&self) -> Result<f64> {
+        peak_memory_mib(self.child.id())
+    }
+
+    /// Stops the service with SIGTERM (as an operator would) and waits for it; returns its
+    /// peak memory read just before.
+    pub fn stop(mut self) -> Result<f64> {
+        let peak = self.peak_memory_mib()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(peak)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident memory of process `pid` in MiB, from `/proc/<pid>/status`.
+pub fn peak_memory_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc status")?;
+    Ok(kib / 1024.0)
+}
+
+/// What the figures were measured on.
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Cores available to this process.
+    pub cores: usize,
+    /// Total memory in GiB.
+    pub memory_gib: f64,
+    /// `git describe`-like commit of the tree measured.
+    pub commit: String,
+    /// The nats-server version.
+    pub nats_server: String,
+    /// The SQLite library version.
+    pub sqlite: String,
+    /// When (UTC).
+    pub date: String,
+}
+
+impl Machine {
+    /// Reads the machine's facts.
+    pub fn describe(sqlite: String) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_gib = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|kib| kib / 1024.0 / 1024.0)
+            .unwrap_or(0.0);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let commit = output("git", &["rev-parse", "--short=12", "HEAD"])
+            .map(|hash| {
+                let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
+                    .is_some_and(|s| !s.is_empty());
+                if dirty {
+                    format!("{hash}+changes")
+                } else {
+                    hash
+                }
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let nats_server = testkit_nats_version();
+        Machine {
+            cpu,
+            cores,
+            memory_gib,
+            commit,
+            nats_server,
+            sqlite,
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn testkit_nats_version() -> String {
+    for program in ["nats-server", "/usr/sbin/nats-server"] {
+        if let Some(version) = output(program, &["--version"]) {
+            return version;
+        }
+    }
+    "unknown".to_owned()
+}
