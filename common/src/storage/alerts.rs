@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use sqlx::{AssertSqlSafe, Postgres, Sqlite};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool};
+use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool, pg_chunks};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite (7 columns × 500 rows: far below its 32,766 bound
@@ -335,26 +335,10 @@ impl AlertStatements for Postgres {
         events: &[&Event],
         now: i64,
     ) -> Result<Vec<(i64, i16)>, StorageError> {
-        let n = events.len();
-        let mut event_ids = Vec::with_capacity(n);
-        let mut source_names = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut severities = Vec::with_capacity(n);
-        for event in events {
-            event_ids.push(event.id);
-            source_names.push(event.source_name.as_str());
-            event_types.push(event.event_type.as_str());
-            severities.push(event.severity.rank());
+        let mut inserted = Vec::with_capacity(events.len());
+        for chunk in pg_chunks(events, |e| e.source_name.len() + e.event_type.len() + 10) {
+            inserted.extend(pg_insert_alert_chunk(conn, chunk, now).await?);
         }
-        let inserted = sqlx::query_as::<Postgres, (i64, i16)>(INSERT_ALERTS_UNNEST)
-            .bind(event_ids)
-            .bind(source_names)
-            .bind(event_types)
-            .bind(severities)
-            .bind(AlertStatus::Open.as_str())
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
         Ok(inserted)
     }
 
@@ -385,6 +369,35 @@ impl AlertStatements for Postgres {
     }
 }
 
+/// One `INSERT … SELECT FROM UNNEST` of alerts for `events` (Postgres).
+async fn pg_insert_alert_chunk(
+    conn: &mut PgConnection,
+    events: &[&Event],
+    now: i64,
+) -> Result<Vec<(i64, i16)>, StorageError> {
+    let n = events.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut source_names = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut severities = Vec::with_capacity(n);
+    for event in events {
+        event_ids.push(event.id);
+        source_names.push(event.source_name.as_str());
+        event_types.push(event.event_type.as_str());
+        severities.push(event.severity.rank());
+    }
+    let inserted = sqlx::query_as::<Postgres, (i64, i16)>(INSERT_ALERTS_UNNEST)
+        .bind(event_ids)
+        .bind(source_names)
+        .bind(event_types)
+        .bind(severities)
+        .bind(AlertStatus::Open.as_str())
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(inserted)
+}
+
 /// Adds `delta` to the counts of `alert_counts`, with one upsert of the keys in order (a
 /// BTreeMap's; see `add_counts_sql`). Nothing when there is nothing to add.
 macro_rules! add_alert_counts {
@@ -407,6 +420,15 @@ impl Storage {
     /// alert, so that a redelivery can notify again what a crash may have left unnotified.
     /// The counts of `alert_counts` grow by the alerts made, in the same transaction.
     pub async fn create_alerts(
+        &self,
+        events: &[Event],
+        now: DateTime<Utc>,
+    ) -> Result<CreatedAlerts, StorageError> {
+        self.retrying_while_busy(|| self.create_alerts_once(events, now))
+            .await
+    }
+
+    async fn create_alerts_once(
         &self,
         events: &[Event],
         now: DateTime<Utc>,
@@ -538,6 +560,18 @@ impl Storage {
     /// read the status as committed). So the recorded `from_status` is always the status the
     /// change replaced, and the history forms an unbroken chain.
     pub async fn change_alert_status(
+        &self,
+        id: i64,
+        to: AlertStatus,
+        changed_by: i64,
+        note: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StatusUpdate>, StorageError> {
+        self.retrying_while_busy(|| self.change_alert_status_once(id, to, changed_by, note, now))
+            .await
+    }
+
+    async fn change_alert_status_once(
         &self,
         id: i64,
         to: AlertStatus,

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use sqlx::{AssertSqlSafe, Postgres, Sqlite};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool};
+use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool, pg_chunks};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
@@ -251,37 +251,18 @@ impl EventStatements for Postgres {
         conn: &mut Self::Connection,
         records: &[&EventRecord],
     ) -> Result<Vec<(i64, String, i16)>, StorageError> {
-        let n = records.len();
-        let mut uids = Vec::with_capacity(n);
-        let mut source_names = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut severities = Vec::with_capacity(n);
-        let mut descriptions = Vec::with_capacity(n);
-        let mut occurred_ats = Vec::with_capacity(n);
-        let mut attributes = Vec::with_capacity(n);
-        let mut created_ats = Vec::with_capacity(n);
-        for record in records {
-            let event = &record.event;
-            uids.push(record.uid.as_str());
-            source_names.push(event.source_name.as_str());
-            event_types.push(event.event_type.as_str());
-            severities.push(event.severity.rank());
-            descriptions.push(event.description.as_str());
-            occurred_ats.push(event.occurred_at.map(to_micros));
-            attributes.push(attributes_text(record));
-            created_ats.push(to_micros(record.created_at));
+        let mut inserted = Vec::with_capacity(records.len());
+        for chunk in pg_chunks(records, |r| {
+            let e = &r.event;
+            r.uid.len()
+                + e.source_name.len()
+                + e.event_type.len()
+                + e.description.len()
+                + e.attributes.as_ref().map_or(0, |a| a.len() * 64)
+                + 32
+        }) {
+            inserted.extend(pg_insert_event_chunk(conn, chunk).await?);
         }
-        let inserted = sqlx::query_as::<Postgres, (i64, String, i16)>(INSERT_EVENTS_UNNEST)
-            .bind(uids)
-            .bind(source_names)
-            .bind(event_types)
-            .bind(severities)
-            .bind(descriptions)
-            .bind(occurred_ats)
-            .bind(attributes)
-            .bind(created_ats)
-            .fetch_all(&mut *conn)
-            .await?;
         Ok(inserted)
     }
 
@@ -290,12 +271,56 @@ impl EventStatements for Postgres {
         uids: &[&str],
     ) -> Result<Vec<EventRow>, StorageError> {
         let sql = format!("{SELECT_EVENT} WHERE uid = ANY($1::text[])");
-        let rows = sqlx::query_as::<Postgres, EventRow>(AssertSqlSafe(sql))
-            .bind(uids)
-            .fetch_all(&mut *conn)
-            .await?;
+        let mut rows = Vec::with_capacity(uids.len());
+        for chunk in pg_chunks(uids, |uid| uid.len()) {
+            rows.extend(
+                sqlx::query_as::<Postgres, EventRow>(AssertSqlSafe(sql.clone()))
+                    .bind(chunk)
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
+        }
         Ok(rows)
     }
+}
+
+/// One `INSERT … SELECT FROM UNNEST` of `records` (Postgres).
+async fn pg_insert_event_chunk(
+    conn: &mut PgConnection,
+    records: &[&EventRecord],
+) -> Result<Vec<(i64, String, i16)>, StorageError> {
+    let n = records.len();
+    let mut uids = Vec::with_capacity(n);
+    let mut source_names = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut severities = Vec::with_capacity(n);
+    let mut descriptions = Vec::with_capacity(n);
+    let mut occurred_ats = Vec::with_capacity(n);
+    let mut attributes = Vec::with_capacity(n);
+    let mut created_ats = Vec::with_capacity(n);
+    for record in records {
+        let event = &record.event;
+        uids.push(record.uid.as_str());
+        source_names.push(event.source_name.as_str());
+        event_types.push(event.event_type.as_str());
+        severities.push(event.severity.rank());
+        descriptions.push(event.description.as_str());
+        occurred_ats.push(event.occurred_at.map(to_micros));
+        attributes.push(attributes_text(record));
+        created_ats.push(to_micros(record.created_at));
+    }
+    let inserted = sqlx::query_as::<Postgres, (i64, String, i16)>(INSERT_EVENTS_UNNEST)
+        .bind(uids)
+        .bind(source_names)
+        .bind(event_types)
+        .bind(severities)
+        .bind(descriptions)
+        .bind(occurred_ats)
+        .bind(attributes)
+        .bind(created_ats)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(inserted)
 }
 
 impl Storage {
@@ -305,6 +330,15 @@ impl Storage {
     /// or above `escalate_from`. The counts of `event_counts` grow by the events stored, in
     /// the same transaction.
     pub async fn store_events(
+        &self,
+        records: &[EventRecord],
+        escalate_from: Severity,
+    ) -> Result<StoredEvents, StorageError> {
+        self.retrying_while_busy(|| self.store_events_once(records, escalate_from))
+            .await
+    }
+
+    async fn store_events_once(
         &self,
         records: &[EventRecord],
         escalate_from: Severity,

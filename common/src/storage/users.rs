@@ -127,6 +127,15 @@ impl Storage {
         user: &NewUser,
         now: DateTime<Utc>,
     ) -> Result<User, StorageError> {
+        self.retrying_while_busy(|| self.create_user_once(user, now))
+            .await
+    }
+
+    async fn create_user_once(
+        &self,
+        user: &NewUser,
+        now: DateTime<Utc>,
+    ) -> Result<User, StorageError> {
         let now = to_micros(now);
         let sql = format!(
             "INSERT INTO users (username, email, password_hash, role, is_active, created_at, \
@@ -209,6 +218,16 @@ impl Storage {
         changes: &UserChanges,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StorageError> {
+        self.retrying_while_busy(|| self.update_user_once(id, changes, now))
+            .await
+    }
+
+    async fn update_user_once(
+        &self,
+        id: i64,
+        changes: &UserChanges,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StorageError> {
         let mut set = Clauses::assignments();
         set.push_some("email", "=", changes.email.clone(), Param::Text);
         set.push_some("role", "=", changes.role, |r| {
@@ -245,6 +264,15 @@ impl Storage {
         jti: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StorageError> {
+        self.retrying_while_busy(|| self.revoke_token_once(jti, expires_at))
+            .await
+    }
+
+    async fn revoke_token_once(
+        &self,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
         on_pool!(self, |pool| {
             sqlx::query::<Db>(
                 "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
@@ -272,6 +300,11 @@ impl Storage {
     /// Forgets revoked tokens that expired at or before `now` (they are refused as expired
     /// anyway; pass `now` minus any leeway the token check allows). Returns how many.
     pub async fn purge_revoked_tokens(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
+        self.retrying_while_busy(|| self.purge_revoked_tokens_once(now))
+            .await
+    }
+
+    async fn purge_revoked_tokens_once(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
         let purged = on_pool!(self, |pool| {
             sqlx::query::<Db>("DELETE FROM revoked_tokens WHERE expires_at <= $1")
                 .bind(to_micros(now))
