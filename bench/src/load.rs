@@ -28,12 +28,35 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+/// Which uids the benchmark's sensors choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Uids {
+    /// Random UUIDv4: the worst case for the unique index.
+    V4,
+    /// Time-ordered UUIDv7 (what `threatctl publish` generates).
+    V7,
+}
+
+static UIDS: std::sync::OnceLock<Uids> = std::sync::OnceLock::new();
+
+/// Sets the uid kind for every event generated from now on (once, at start).
+pub fn use_uids(kind: Uids) {
+    let _ = UIDS.set(kind);
+}
+
+fn new_uid() -> String {
+    match UIDS.get().copied().unwrap_or(Uids::V4) {
+        Uids::V4 => uuid::Uuid::new_v4().to_string(),
+        Uids::V7 => uuid::Uuid::now_v7().to_string(),
+    }
+}
+
 /// `count` realistic events in a 25/25/25/25 severity mix.
 pub fn events(count: u64, seed: u64) -> Result<Vec<Outgoing>> {
     let generator = Generator::new(&Mix::default(), count, seed, chrono::Utc::now());
     generator
         .map(|mut event| {
-            let uid = uuid::Uuid::new_v4().to_string();
+            let uid = new_uid();
             let severity = event
                 .get("severity")
                 .and_then(|s| s.as_str())

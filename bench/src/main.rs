@@ -48,6 +48,9 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
+    /// The uids the simulated sensors choose: random v4 (the worst case) or time-ordered v7.
+    #[arg(long, value_enum, default_value = "v4")]
+    uids: load::Uids,
     /// Where to write the markdown report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -117,6 +120,7 @@ async fn run(args: Args) -> Result<bool> {
             .await?
     };
     let machine = procs::Machine::describe(sqlite_version);
+    load::use_uids(args.uids);
     let runs = args.runs.max(1);
 
     let mut raw = Raw::default();
@@ -277,16 +281,26 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| load | {} events a pipeline run, 25/25/25/25 LOW/MEDIUM/HIGH/CRITICAL, random UUIDv4 uids, ~{} bytes each |",
+        "| load | {} events a pipeline run, 25/25/25/25 LOW/MEDIUM/HIGH/CRITICAL, {} uids, ~{} bytes each |",
         thousands(args.events as f64),
+        match args.uids {
+            load::Uids::V4 => "random UUIDv4",
+            load::Uids::V7 => "time-ordered UUIDv7",
+        },
         load::events(100, 1)
             .map(|e| e.iter().map(|m| m.payload.len()).sum::<usize>() / 100)
             .unwrap_or(0)
     );
     let _ = writeln!(
         out,
-        "| command | `scripts/bench --events {} --runs {runs} --raw-messages {} --api-seconds {}` |\n",
-        args.events, args.raw_messages, args.api_seconds
+        "| command | `scripts/bench --events {} --runs {runs} --raw-messages {} --api-seconds {} --uids {}` |\n",
+        args.events,
+        args.raw_messages,
+        args.api_seconds,
+        match args.uids {
+            load::Uids::V4 => "v4",
+            load::Uids::V7 => "v7",
+        }
     );
 
     let consume = raw.consume.median();
@@ -305,7 +319,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| SQLite insert, 1,000-row transactions, UNIQUE random uid | {} |",
+        "| SQLite insert, 1,000-row transactions, UNIQUE uid | {} |",
         rate(&raw.sqlite)
     );
     match &raw.postgres_error {
@@ -321,7 +335,7 @@ fn render(
         _ => {
             let _ = writeln!(
                 out,
-                "| PostgreSQL insert, UNNEST, 1,000-row transactions, UNIQUE random uid | {} |",
+                "| PostgreSQL insert, UNNEST, 1,000-row transactions, UNIQUE uid | {} |",
                 rate(&raw.postgres)
             );
         }

@@ -154,21 +154,11 @@ pub async fn sqlite_insert(dir: &std::path::Path, events: &[Outgoing]) -> Result
              occurred_at, attributes, created_at) VALUES ",
         );
         for i in 0..chunk.len() {
-            let base = i * 8;
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6,
-                base + 7,
-                base + 8
-            ));
+            // Anonymous placeholders: sqlx looks numbered ones up by name, quadratically.
+            sql.push_str("(?,?,?,?,?,?,?,?)");
         }
         let mut tx = pool.begin().await?;
         let mut query = sqlx::query(AssertSqlSafe(sql));

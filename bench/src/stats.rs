@@ -20,7 +20,7 @@ impl Samples {
         sorted.sort_by(f64::total_cmp);
         match sorted.len() {
             0 => 0.0,
-            n if n % 2 == 1 => sorted[n / 2],
+            n if !n.is_multiple_of(2) => sorted[n / 2],
             n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
         }
     }
@@ -90,7 +90,7 @@ pub fn thousands(value: f64) -> String {
     let digits = rounded.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
