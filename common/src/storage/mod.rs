@@ -206,7 +206,11 @@ impl Storage {
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 // Checkpoints run in the background (`spawn_checkpointer`), not in a commit.
-                .pragma("wal_autocheckpoint", "0");
+                .pragma("wal_autocheckpoint", "0")
+                // 1 MiB of page cache per connection (SQLite's default is 2 MiB): the
+                // operating system caches the file anyway, and the api's memory budget is
+                // 64 MiB.
+                .pragma("cache_size", "-1024");
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
             {
@@ -218,8 +222,10 @@ impl Storage {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             let mut attempt = 0u64;
             loop {
+                // Four: SQLite has one writer at a time and readers need no more on a few
+                // cores; each connection holds its own page and statement caches.
                 let opened = SqlitePoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(4)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options.clone())
                     .await;
