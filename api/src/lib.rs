@@ -152,8 +152,9 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     .await?;
     let js = jetstream::new(nats.clone());
     subjects::ensure_streams(&js).await?;
-    let concurrency = std::thread::available_parallelism().map_or(2, usize::from);
-    let passwords = Passwords::new(concurrency).map_err(|e| StartError::Admin(e.to_string()))?;
+    // One hash at a time: each holds 12 MiB of argon2 memory, the api's budget is 64 MiB,
+    // and one core still checks ~65 logins a second (the original managed 3).
+    let passwords = Passwords::new(1).map_err(|e| StartError::Admin(e.to_string()))?;
     let state = AppState::new(Shared {
         tokens: Tokens::new(&secret, settings.access_ttl(), settings.refresh_ttl()),
         limiter: LoginLimiter::new(

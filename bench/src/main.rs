@@ -370,7 +370,8 @@ fn render(
     let _ = writeln!(
         out,
         "\nLatency from publish to the `alerts.created.*` notification (every HIGH/CRITICAL \
-         event of 10 s at a fixed rate, on the database the run above filled):\n"
+         event of 10 s at a fixed rate, after 5 s at that rate unmeasured, on the database the \
+         run above filled):\n"
     );
     let _ = writeln!(
         out,

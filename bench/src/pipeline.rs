@@ -20,8 +20,11 @@ use crate::load::{self, Outgoing, Publisher};
 use crate::procs::{Service, free_port};
 use crate::stats::Latencies;
 
-/// How long each fixed-rate latency phase publishes.
+/// How long each fixed-rate latency phase is measured.
 const LATENCY_PHASE: Duration = Duration::from_secs(10);
+/// How long each fixed-rate phase publishes before it is measured: the rate's steady state,
+/// not the tail of the disk work (WAL checkpoints) the sustained phase left behind.
+const LATENCY_WARM_UP: Duration = Duration::from_secs(5);
 
 /// nats-server, a database file, and the two workers.
 pub struct Stack {
@@ -198,7 +201,8 @@ impl Stack {
 
     /// Publishes `events` at `rate` a second and measures, for each that raises an alert,
     /// the time from its publish to its `alerts.created.*` notification.
-    pub async fn latency(&self, events: &[Outgoing], rate: f64) -> Result<Latencies> {
+    /// Events sent before `from` (the warm-up) are not measured.
+    pub async fn latency(&self, events: &[Outgoing], rate: f64, from: usize) -> Result<Latencies> {
         let expected = load::at_or_above(events, Severity::High) as usize;
         let mut notifications = self
             .client
@@ -233,10 +237,11 @@ impl Stack {
             "{} of {expected} alert notifications arrived",
             seen.len()
         );
-        let sent_by_uid: HashMap<&str, Instant> = events
+        let sent_by_uid: HashMap<&str, (usize, Instant)> = events
             .iter()
             .zip(sent_at)
-            .map(|(event, at)| (event.uid.as_str(), at))
+            .enumerate()
+            .map(|(i, (event, at))| (event.uid.as_str(), (i, at)))
             .collect();
         let uids = self.uids_of(seen.iter().map(|(id, _)| *id)).await?;
         let mut latencies = Latencies::new();
@@ -245,7 +250,10 @@ impl Stack {
                 .get(&event_id)
                 .and_then(|uid| sent_by_uid.get(uid.as_str()))
                 .with_context(|| format!("alert for event {event_id} that was not sent"))?;
-            latencies.record(at.saturating_duration_since(*sent));
+            let (index, sent) = sent;
+            if *index >= from {
+                latencies.record(at.saturating_duration_since(*sent));
+            }
         }
         Ok(latencies)
     }
@@ -358,16 +366,16 @@ pub async fn run(
     let mut sent = events;
 
     let fixed_rate = 1000.0;
-    let fixed = load::events((fixed_rate * LATENCY_PHASE.as_secs_f64()) as u64, seed + 1)?;
-    run.latency_fixed = stack.latency(&fixed, fixed_rate).await?;
+    let phase = (LATENCY_WARM_UP + LATENCY_PHASE).as_secs_f64();
+    let fixed = load::events((fixed_rate * phase) as u64, seed + 1)?;
+    let warm = (fixed_rate * LATENCY_WARM_UP.as_secs_f64()) as usize;
+    run.latency_fixed = stack.latency(&fixed, fixed_rate, warm).await?;
     sent.extend(fixed);
 
     run.half_rate = run.stored_rate / 2.0;
-    let half = load::events(
-        (run.half_rate * LATENCY_PHASE.as_secs_f64()) as u64,
-        seed + 2,
-    )?;
-    run.latency_half = stack.latency(&half, run.half_rate).await?;
+    let half = load::events((run.half_rate * phase) as u64, seed + 2)?;
+    let warm = (run.half_rate * LATENCY_WARM_UP.as_secs_f64()) as usize;
+    run.latency_half = stack.latency(&half, run.half_rate, warm).await?;
     sent.extend(half);
 
     // Checked again over everything sent, the latency phases included.
