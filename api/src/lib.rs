@@ -13,6 +13,7 @@ pub mod pagination;
 pub mod routes;
 pub mod settings;
 pub mod state;
+pub mod updates;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -151,7 +152,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     )
     .await?;
     let js = jetstream::new(nats.clone());
-    subjects::ensure_streams(&js).await?;
+    subjects::ensure_streams_within(&js, settings.connections.nats_connect_timeout()).await?;
     // One hash at a time: each holds 12 MiB of argon2 memory, the api's budget is 64 MiB,
     // and one core still checks ~65 logins a second (the original managed 3).
     let passwords = Passwords::new(1).map_err(|e| StartError::Admin(e.to_string()))?;
@@ -267,6 +268,10 @@ impl Application {
         let storage = self.state.storage.clone();
         let streams = self.state.shutdown.clone();
         let purge = tokio::spawn(purge_revoked_tokens(storage.clone(), shutdown.clone()));
+        let relay = tokio::spawn(updates::relay_pending_updates(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
                 SocketAddr,
@@ -280,6 +285,7 @@ impl Application {
             })
             .await?;
         let _ = purge.await;
+        let _ = relay.await;
         storage.close().await;
         tracing::info!("api stopped");
         Ok(())

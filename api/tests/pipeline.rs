@@ -224,3 +224,87 @@ async fn posting_an_event_while_nats_is_down_is_a_clear_503() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_made_while_nats_is_down_is_published_once_nats_is_back() {
+    let mut api = TestApi::start().await;
+    let (admin, token) = api.user_with_token("admin", Role::Admin).await;
+    let event = common::domain::EventIn::from_value(
+        json!({"sourceName": "fw", "eventType": "port_scan", "severity": "HIGH"}),
+    )
+    .unwrap();
+    let record = common::storage::EventRecord {
+        uid: "outage-1".into(),
+        event,
+        created_at: chrono::Utc::now(),
+    };
+    let storage = &api.state.storage;
+    let stored = storage
+        .store_events(&[record], common::domain::Severity::High)
+        .await
+        .unwrap();
+    let alert_id = storage
+        .create_alerts(&stored.to_escalate, chrono::Utc::now())
+        .await
+        .unwrap()
+        .alerts[0]
+        .id;
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(api::updates::relay_pending_updates(
+        api.state.clone(),
+        relay_stop.clone(),
+    ));
+
+    api.nats.stop();
+    let state = &api.state;
+    eventually(PATIENCE, "the api to notice NATS is gone", || async move {
+        (state.nats.connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await;
+    // The change is the operator's decision: it is recorded although it cannot be announced.
+    let resp = api
+        .call(
+            "PATCH",
+            &format!("/api/alerts/{alert_id}/"),
+            Some(&token),
+            Some(json!({"status": "ACKNOWLEDGED", "note": "during the outage"})),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    assert_eq!(resp.json["status"], "ACKNOWLEDGED");
+    let history = api
+        .call(
+            "GET",
+            &format!("/api/alerts/{alert_id}/history/"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        history.json.as_array().unwrap().len(),
+        2,
+        "{}",
+        history.text
+    );
+
+    api.nats.restart();
+    let storage = &api.state.storage;
+    eventually(PATIENCE, "the relay to publish the change", || async move {
+        let pending = storage
+            .pending_change_notifications(chrono::Utc::now() + chrono::Duration::days(1), 10)
+            .await
+            .unwrap();
+        pending.is_empty().then_some(())
+    })
+    .await;
+    let updates = updates_on(&api.state.js, "alerts.updated.>", 2).await;
+    assert_eq!(updates.len(), 1, "announced exactly once: {updates:?}");
+    assert_eq!(updates[0]["id"], alert_id);
+    assert_eq!(updates[0]["status"], "ACKNOWLEDGED");
+    assert_eq!(updates[0]["change"]["to_status"], "ACKNOWLEDGED");
+    assert_eq!(updates[0]["change"]["changed_by"], admin.id);
+    assert_eq!(updates[0]["change"]["note"], "during the outage");
+
+    relay_stop.cancel();
+    relay.await.unwrap();
+}

@@ -30,6 +30,8 @@ pub const ESCALATIONS_RECEIVED: &str = "threatmon_escalations_received_total";
 pub const ALERTS_CREATED: &str = "threatmon_alerts_created_total";
 /// `alerts.created.*` notifications published (repeats after a redelivery included).
 pub const ALERT_NOTIFICATIONS: &str = "threatmon_alert_notifications_total";
+/// `alerts.updated.*` notifications published late by the api's relay (NATS was away).
+pub const ALERT_UPDATES_RELAYED: &str = "threatmon_alert_updates_relayed_total";
 /// Messages handed back for a later attempt, by `worker`.
 pub const RETRIES: &str = "threatmon_retries_total";
 /// Messages per batch, by `worker`.

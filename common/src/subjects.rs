@@ -158,6 +158,28 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
     Ok(())
 }
 
+/// [`ensure_streams`], retried for up to `patience` while JetStream does not answer: a
+/// service starting while the server restarts (or before JetStream has recovered its
+/// streams) waits for it, as it waits for the first connection, instead of exiting.
+pub async fn ensure_streams_within(
+    js: &jetstream::Context,
+    patience: Duration,
+) -> Result<(), BusError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ensure_streams(js).await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %err, "JetStream not ready yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// The settings of a durable pull consumer.
 fn durable(name: &str, filter: &str, ack_wait: Duration) -> pull::Config {
     pull::Config {

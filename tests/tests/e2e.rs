@@ -509,6 +509,49 @@ async fn two_ingestors_and_two_alerters_share_the_work_and_their_metrics_add_up(
         created.iter().all(|&n| n > 0.0),
         "both alerters worked: {created:?}"
     );
+    let mut dead = 0.0;
+    for port in &ports {
+        dead += counter(&metrics(*port).await, "threatmon_deadletters_total");
+    }
+    assert_eq!(dead, 0.0, "nothing was dead-lettered");
+
+    // The api counts each request it served by route and status, in the same text format.
+    let _api = system.spawn("api", None);
+    system.wait_ready(system.api_port, "/readyz").await;
+    let token = system.admin_token().await;
+    let mut listed = 0;
+    for page in 1..=3 {
+        let path = format!("/api/alerts/?page={page}");
+        let (status, text) = http(system.api_port, "GET", &path, Some(&token), None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        listed += serde_json::from_str::<serde_json::Value>(&text).unwrap()["results"]
+            .as_array()
+            .unwrap()
+            .len();
+    }
+    assert_eq!(listed, 30.min(escalated as usize));
+    let (status, _) = http(system.api_port, "GET", "/api/alerts/0/", Some(&token), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let text = metrics(system.api_port).await;
+    let requests = |method: &str, route: &str, status: &str| {
+        let labels = [
+            format!("method=\"{method}\""),
+            format!("route=\"{route}\""),
+            format!("status=\"{status}\""),
+        ];
+        text.lines()
+            .filter(|l| l.starts_with("threatmon_http_requests_total{"))
+            .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(requests("GET", "/api/alerts", "200"), 3.0, "{text}");
+    assert_eq!(requests("GET", "/api/alerts/{id}", "404"), 1.0, "{text}");
+    assert_eq!(requests("POST", "/api/auth/login", "200"), 1.0, "{text}");
 }
 
 #[tokio::test]

@@ -11,9 +11,21 @@ use common::storage::{AlertFilter, EventFilter, EventRecord, NewUser, Storage, S
 use serde_json::json;
 use testkit::TestDb;
 
+/// Sensors and types the records below are spread over, so that the counts per type and per
+/// sensor are tested with more than one of each.
+const SOURCES: [&str; 3] = ["ids-core", "fw-edge", "vpn-gw"];
+const TYPES: [&str; 2] = ["brute_force", "port_scan"];
+
+/// A sensor and a type picked by the uid, always the same for one uid.
+fn source_and_type(uid: &str) -> (&'static str, &'static str) {
+    let sum: usize = uid.bytes().map(usize::from).sum();
+    (SOURCES[sum % SOURCES.len()], TYPES[(sum / 3) % TYPES.len()])
+}
+
 fn record(uid: &str, severity: Severity) -> EventRecord {
+    let (source, event_type) = source_and_type(uid);
     let event = EventIn::from_value(json!({
-        "sourceName": "ids-core", "eventType": "brute_force", "severity": severity.as_str(),
+        "sourceName": source, "eventType": event_type, "severity": severity.as_str(),
         "description": format!("event {uid}"), "occurred_at": "2026-11-28T12:00:00.123456Z",
         "attributes": {"user": "root", "attempts": 12},
     }))
@@ -167,8 +179,9 @@ async fn three_services_migrating_one_new_database_at_once_all_start() {
 
 /// An event without `occurred_at` and `attributes` (both stored as NULL).
 fn bare_record(uid: &str, severity: Severity) -> EventRecord {
+    let (source, event_type) = source_and_type(uid);
     let event = EventIn::from_value(json!({
-        "sourceName": "fw-edge", "eventType": "port_scan", "severity": severity.as_str(),
+        "sourceName": source, "eventType": event_type, "severity": severity.as_str(),
         "description": format!("bare event {uid}"),
     }))
     .unwrap();
@@ -188,11 +201,27 @@ fn dawn() -> Option<DateTime<Utc>> {
 /// Asserts that every count the count table answers equals COUNT(*) of the same rows (and
 /// the rows listed), and returns the total.
 async fn assert_event_counts_exact(storage: &Storage, context: &str) -> i64 {
-    let mut filters = vec![EventFilter::default()];
-    filters.extend(Severity::ALL.map(|s| EventFilter {
-        severity: Some(s),
-        ..EventFilter::default()
-    }));
+    let mut filters = Vec::new();
+    for severity in Severity::ALL.map(Some).into_iter().chain([None]) {
+        filters.push(EventFilter {
+            severity,
+            ..EventFilter::default()
+        });
+        for event_type in TYPES.into_iter().chain(["no-such-type"]) {
+            filters.push(EventFilter {
+                severity,
+                event_type: Some(event_type.to_owned()),
+                ..EventFilter::default()
+            });
+        }
+        for source in SOURCES.into_iter().chain(["no-such-sensor"]) {
+            filters.push(EventFilter {
+                severity,
+                source_name: Some(source.to_owned()),
+                ..EventFilter::default()
+            });
+        }
+    }
     for filter in filters {
         let counted = storage.count_events_matching(&filter).await.unwrap();
         let scanned = EventFilter {
@@ -220,9 +249,10 @@ async fn assert_event_counts_exact(storage: &Storage, context: &str) -> i64 {
     total
 }
 
-/// The same for alerts: every status, every severity, every pair, and none.
+/// The same for alerts: every status, every severity, every pair, and none; each alone and
+/// with each type or each sensor.
 async fn assert_alert_counts_exact(storage: &Storage, context: &str) -> i64 {
-    let mut filters = vec![AlertFilter::default()];
+    let mut filters = Vec::new();
     for status in AlertStatus::ALL.map(Some).into_iter().chain([None]) {
         for severity in Severity::ALL.map(Some).into_iter().chain([None]) {
             filters.push(AlertFilter {
@@ -230,6 +260,22 @@ async fn assert_alert_counts_exact(storage: &Storage, context: &str) -> i64 {
                 severity,
                 ..AlertFilter::default()
             });
+            for event_type in TYPES.into_iter().chain(["no-such-type"]) {
+                filters.push(AlertFilter {
+                    status,
+                    severity,
+                    event_type: Some(event_type.to_owned()),
+                    ..AlertFilter::default()
+                });
+            }
+            for source in SOURCES.into_iter().chain(["no-such-sensor"]) {
+                filters.push(AlertFilter {
+                    status,
+                    severity,
+                    source_name: Some(source.to_owned()),
+                    ..AlertFilter::default()
+                });
+            }
         }
     }
     for filter in filters {
@@ -636,8 +682,8 @@ async fn rows_stored_before_the_count_tables_existed_are_counted_by_the_migratio
         .await
         .unwrap();
     assert!(
-        migrator.iter().any(|m| m.version == 3),
-        "the count tables come with migration 3"
+        migrator.iter().any(|m| m.version == 3) && migrator.iter().any(|m| m.version == 5),
+        "the count tables come with migrations 3 and 5"
     );
     // The schema as it was before the count tables, and rows written by that version.
     with_pool!(&storage, |pool| {
@@ -646,9 +692,11 @@ async fn rows_stored_before_the_count_tables_existed_are_counted_by_the_migratio
             let severity = [1_i16, 1, 2, 3, 4, 4, 4][usize::try_from(i % 7).unwrap()];
             sqlx::query(
                 "INSERT INTO events (uid, source_name, event_type, severity, description, \
-                 created_at) VALUES ($1, 'ids-core', 'port_scan', $2, 'before', $3)",
+                 created_at) VALUES ($1, $2, $3, $4, 'before', $5)",
             )
             .bind(format!("old-{i}"))
+            .bind(SOURCES[usize::try_from(i % 3).unwrap()])
+            .bind(TYPES[usize::try_from(i % 2).unwrap()])
             .bind(severity)
             .bind(1_000_000 + i)
             .execute(pool)

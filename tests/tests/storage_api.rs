@@ -1196,3 +1196,81 @@ async fn concurrent_status_changes_of_one_alert_both_apply_in_an_unbroken_chain(
         assert_eq!(stored.updated_at, last.changed_at, "round {round}");
     }
 }
+
+#[tokio::test]
+async fn status_changes_wait_for_their_notification_until_marked_and_creations_never_do() {
+    let db = TestDb::new().await;
+    let storage = open(&db).await;
+    let bob = storage
+        .create_user(&new_user("bob", Role::Admin), at(0))
+        .await
+        .unwrap();
+    let first = one_alert(&storage, "a", at(1)).await;
+    let second = one_alert(&storage, "b", at(1)).await;
+    // Creations are announced by the alerter on its own terms: nothing pending yet.
+    assert!(
+        storage
+            .pending_change_notifications(at(100), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let change = |alert: &Alert, to, minute| {
+        let storage = &storage;
+        let id = alert.id;
+        async move {
+            storage
+                .change_alert_status(id, to, bob.id, Some("why"), at(minute))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let acked = change(&first, AlertStatus::Acknowledged, 2).await;
+    let other = change(&second, AlertStatus::Resolved, 3).await;
+    let resolved = change(&first, AlertStatus::Resolved, 4).await;
+
+    let pending = storage
+        .pending_change_notifications(at(100), 100)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = pending.iter().map(|(_, c)| c.id).collect();
+    let expected: Vec<i64> = [&acked, &other, &resolved]
+        .iter()
+        .map(|u| u.change.as_ref().unwrap().id)
+        .collect();
+    assert_eq!(ids, expected, "oldest first, every change");
+    // Each comes with its alert as it is now, and the change as recorded.
+    assert_eq!(pending[0].0, resolved.alert);
+    assert_eq!(&pending[0].1, acked.change.as_ref().unwrap());
+    assert_eq!(pending[1].0, other.alert);
+
+    // Only changes made before the cut-off, and no more than the limit.
+    let older = storage
+        .pending_change_notifications(at(3), 100)
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].1.id, expected[0]);
+    let limited = storage
+        .pending_change_notifications(at(100), 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+
+    storage.mark_change_notified(expected[1]).await.unwrap();
+    // Marking twice, or a change that does not exist, changes nothing and is no error.
+    storage.mark_change_notified(expected[1]).await.unwrap();
+    storage.mark_change_notified(i64::MAX).await.unwrap();
+    let left: Vec<i64> = storage
+        .pending_change_notifications(at(100), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.id)
+        .collect();
+    assert_eq!(left, [expected[0], expected[2]]);
+    // The history itself is untouched by the marks.
+    assert_eq!(storage.status_history(first.id).await.unwrap().len(), 3);
+}

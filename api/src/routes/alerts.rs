@@ -5,11 +5,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
-use common::bus::{self, Outgoing};
 use common::domain::{Alert, AlertStatus, Severity};
 use common::storage::{AlertFilter, AlertOrdering, StatusChange};
 use common::subjects;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::{AdminUser, AnyUser};
@@ -29,14 +28,6 @@ pub struct AlertPatch {
     pub status: AlertStatus,
     /// Why, kept in the history.
     pub note: Option<String>,
-}
-
-/// What `alerts.updated.<status>` carries: the alert and the change.
-#[derive(Debug, Serialize)]
-struct AlertUpdated<'a> {
-    #[serde(flatten)]
-    alert: &'a Alert,
-    change: &'a StatusChange,
 }
 
 fn ordering(params: &mut Params) -> AlertOrdering {
@@ -166,35 +157,9 @@ async fn change_status(
             to = %change.to_status,
             "alert status changed"
         );
-        notify(state, &update.alert, change).await;
+        crate::updates::announce(&state.storage, &state.js, &update.alert, change).await;
     }
     Ok(Json(update.alert))
-}
-
-/// Publishes `alerts.updated.<status>`. The change is committed already; a broker outage
-/// costs the live notification, never the recorded change (it stays in the history).
-async fn notify(state: &AppState, alert: &Alert, change: &StatusChange) {
-    let subject = subjects::alert_updated_subject(change.to_status);
-    let payload = AlertUpdated { alert, change };
-    let message = match Outgoing::json(
-        subject,
-        format!("alert-{}-change-{}", alert.id, change.id),
-        &payload,
-    ) {
-        Ok(message) => message,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot encode an alert update");
-            return;
-        }
-    };
-    let publish = bus::publish_all(&state.js, vec![message]);
-    match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, alert_id = alert.id, "alert update not notified")
-        }
-        Err(_) => tracing::warn!(alert_id = alert.id, "alert update notification timed out"),
-    }
 }
 
 /// Changes an alert's status (`{"status": …, "note": …}`); the change is recorded (who,

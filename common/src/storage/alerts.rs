@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool, pg_chunks};
+use super::{Storage, StorageError, add_counts, anonymous_placeholders, on_pool, pg_chunks};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite (7 columns × 500 rows: far below its 32,766 bound
@@ -67,9 +67,11 @@ pub struct AlertFilter {
 }
 
 impl AlertFilter {
-    /// True when `alert_counts` can answer a count: nothing but the status and the severity
-    /// is given.
-    fn counted(&self) -> bool {
+    /// The counts table that can answer a count of this filter, if any: `alert_counts` when
+    /// nothing but the status and the severity are given, `alert_counts_by_type` or
+    /// `alert_counts_by_source` when the type or the sensor is given as well (not both), none
+    /// when a time is given.
+    fn count_table(&self) -> Option<&'static str> {
         // Destructured so that a new field must be considered here.
         let AlertFilter {
             status: _,
@@ -79,10 +81,15 @@ impl AlertFilter {
             created_from,
             created_to,
         } = self;
-        event_type.is_none()
-            && source_name.is_none()
-            && created_from.is_none()
-            && created_to.is_none()
+        if created_from.is_some() || created_to.is_some() {
+            return None;
+        }
+        match (event_type, source_name) {
+            (None, None) => Some("alert_counts"),
+            (Some(_), None) => Some("alert_counts_by_type"),
+            (None, Some(_)) => Some("alert_counts_by_source"),
+            (Some(_), Some(_)) => None,
+        }
     }
 
     /// The filter as `WHERE` conditions with their bound values.
@@ -398,19 +405,73 @@ async fn pg_insert_alert_chunk(
     Ok(inserted)
 }
 
-/// Adds `delta` to the counts of `alert_counts`, with one upsert of the keys in order (a
-/// BTreeMap's; see `add_counts_sql`). Nothing when there is nothing to add.
+/// What a transaction adds to (or moves between) the alert count tables, keys in order (see
+/// `add_counts!`).
+#[derive(Default)]
+struct AlertCountDelta<'a> {
+    by_status: BTreeMap<(&'a str, i16), i64>,
+    by_type: BTreeMap<(&'a str, &'a str, i16), i64>,
+    by_source: BTreeMap<(&'a str, &'a str, i16), i64>,
+}
+
+impl<'a> AlertCountDelta<'a> {
+    /// Adds `n` (negative to take away) alerts of this kind.
+    fn add(&mut self, status: &'a str, alert: &'a AlertKind, n: i64) {
+        let severity = alert.severity;
+        *self.by_status.entry((status, severity)).or_default() += n;
+        *self
+            .by_type
+            .entry((alert.event_type.as_str(), status, severity))
+            .or_default() += n;
+        *self
+            .by_source
+            .entry((alert.source_name.as_str(), status, severity))
+            .or_default() += n;
+    }
+}
+
+/// What the alert count tables key an alert by, besides its status.
+struct AlertKind {
+    severity: i16,
+    event_type: String,
+    source_name: String,
+}
+
+/// Adds an [`AlertCountDelta`] to `alert_counts`, `alert_counts_by_type` and
+/// `alert_counts_by_source`, in that order.
 macro_rules! add_alert_counts {
     ($Db:ty, $tx:expr, $delta:expr) => {{
-        let delta: &BTreeMap<(&str, i16), i64> = $delta;
-        if !delta.is_empty() {
-            let sql = add_counts_sql("alert_counts", &["status", "severity"], delta.len());
-            let mut query = sqlx::query::<$Db>(AssertSqlSafe(sql));
-            for ((status, severity), n) in delta {
-                query = query.bind(*status).bind(*severity).bind(*n);
-            }
-            query.execute(&mut *$tx).await?;
-        }
+        let delta: &AlertCountDelta = $delta;
+        add_counts!(
+            $Db,
+            $tx,
+            "alert_counts",
+            &["status", "severity"],
+            &delta.by_status,
+            |query, (status, severity)| query.bind(*status).bind(*severity)
+        );
+        add_counts!(
+            $Db,
+            $tx,
+            "alert_counts_by_type",
+            &["event_type", "status", "severity"],
+            &delta.by_type,
+            |query, (event_type, status, severity)| query
+                .bind(*event_type)
+                .bind(*status)
+                .bind(*severity)
+        );
+        add_counts!(
+            $Db,
+            $tx,
+            "alert_counts_by_source",
+            &["source_name", "status", "severity"],
+            &delta.by_source,
+            |query, (source_name, status, severity)| query
+                .bind(*source_name)
+                .bind(*status)
+                .bind(*severity)
+        );
     }};
 }
 
@@ -443,23 +504,31 @@ impl Storage {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             let created = <Db as AlertStatements>::insert_alerts(&mut tx, &events, now).await?;
-            let mut created_ids = Vec::with_capacity(created.len());
-            let mut added: BTreeMap<(&str, i16), i64> = BTreeMap::new();
-            for (id, severity) in &created {
-                created_ids.push(*id);
-                *added
-                    .entry((AlertStatus::Open.as_str(), *severity))
-                    .or_default() += 1;
-            }
+            let created_ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
             if !created_ids.is_empty() {
                 <Db as AlertStatements>::record_creations(&mut tx, &created_ids, now).await?;
             }
-            let mut alerts = Vec::with_capacity(events.len());
-            for row in <Db as AlertStatements>::alerts_by_event_ids(&mut tx, &event_ids).await? {
-                alerts.push(Alert::try_from(row)?);
+            let rows = <Db as AlertStatements>::alerts_by_event_ids(&mut tx, &event_ids).await?;
+            let created_set: HashSet<i64> = created_ids.iter().copied().collect();
+            let kinds: Vec<AlertKind> = rows
+                .iter()
+                .filter(|row| created_set.contains(&row.id))
+                .map(|row| AlertKind {
+                    severity: row.severity,
+                    event_type: row.event_type.clone(),
+                    source_name: row.source_name.clone(),
+                })
+                .collect();
+            let mut added = AlertCountDelta::default();
+            for kind in &kinds {
+                added.add(AlertStatus::Open.as_str(), kind, 1);
             }
             // Last before the commit, so that the count rows stay locked briefly.
             add_alert_counts!(Db, tx, &added);
+            let mut alerts = Vec::with_capacity(rows.len());
+            for row in rows {
+                alerts.push(Alert::try_from(row)?);
+            }
             tx.commit().await?;
             Ok(CreatedAlerts {
                 alerts,
@@ -497,18 +566,18 @@ impl Storage {
         self.count_alerts_matching(&AlertFilter::default()).await
     }
 
-    /// How many alerts match `filter`. A filter on nothing but the status and the severity is
-    /// answered from `alert_counts` (at most twelve rows); any other counts the matching rows.
+    /// How many alerts match `filter`. A filter on the status, the severity, and the type or
+    /// the sensor (not both) is answered from a counts table (a few rows); any other counts
+    /// the matching rows.
     pub async fn count_alerts_matching(&self, filter: &AlertFilter) -> Result<i64, StorageError> {
         let clauses = filter.conditions();
         // SUM(BIGINT) is NUMERIC on Postgres: cast back to BIGINT.
-        let sql = if filter.counted() {
-            format!(
-                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM alert_counts{}",
+        let sql = match filter.count_table() {
+            Some(table) => format!(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {table}{}",
                 clauses.sql("WHERE")
-            )
-        } else {
-            format!("SELECT COUNT(*) FROM alerts{}", clauses.sql("WHERE"))
+            ),
+            None => format!("SELECT COUNT(*) FROM alerts{}", clauses.sql("WHERE")),
         };
         let count = on_pool!(self, |pool| {
             bind_params!(
@@ -582,19 +651,20 @@ impl Storage {
         let now = to_micros(now);
         let record_sql = format!(
             "INSERT INTO alert_status_changes (alert_id, from_status, to_status, changed_by, \
-             note, changed_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {STATUS_CHANGE_COLUMNS}"
+             note, changed_at, notify_pending) VALUES ($1, $2, $3, $4, $5, $6, TRUE) \
+             RETURNING {STATUS_CHANGE_COLUMNS}"
         );
         let select_sql = format!("{SELECT_ALERT} WHERE id = $1");
         let (row, change) = on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let current = sqlx::query_as::<Db, (String, i16)>(
+            let current = sqlx::query_as::<Db, (String, i16, String, String)>(
                 "UPDATE alerts SET updated_at = updated_at WHERE id = $1 \
-                 RETURNING status, severity",
+                 RETURNING status, severity, event_type, source_name",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((current, severity)) = current else {
+            let Some((current, severity, event_type, source_name)) = current else {
                 // Nothing was written; dropping the transaction rolls it back.
                 return Ok(None);
             };
@@ -625,10 +695,14 @@ impl Storage {
             // Last before the commit, so that the count rows stay locked briefly. This
             // transaction holds the alert's row lock, so `current` is the committed status.
             if change.is_some() {
-                let moved = BTreeMap::from([
-                    ((current.as_str(), severity), -1),
-                    ((to.as_str(), severity), 1),
-                ]);
+                let kind = AlertKind {
+                    severity,
+                    event_type,
+                    source_name,
+                };
+                let mut moved = AlertCountDelta::default();
+                moved.add(current.as_str(), &kind, -1);
+                moved.add(to.as_str(), &kind, 1);
                 add_alert_counts!(Db, tx, &moved);
             }
             tx.commit().await?;
@@ -653,5 +727,54 @@ impl Storage {
                 .await?
         });
         rows.into_iter().map(StatusChange::try_from).collect()
+    }
+
+    /// Status changes still waiting for their `alerts.updated.<status>` notification, made
+    /// before `changed_before`, oldest first, at most `limit`, each with its alert as it is now.
+    /// A change is pending from its commit until [`Storage::mark_change_notified`].
+    pub async fn pending_change_notifications(
+        &self,
+        changed_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Alert, StatusChange)>, StorageError> {
+        let sql = format!(
+            "SELECT {STATUS_CHANGE_COLUMNS} FROM alert_status_changes \
+             WHERE notify_pending AND changed_at < $1 ORDER BY id LIMIT $2"
+        );
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as::<Db, StatusChangeRow>(AssertSqlSafe(sql))
+                .bind(to_micros(changed_before))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in rows {
+            let change = StatusChange::try_from(row)?;
+            // Alerts are never deleted, so a change always has its alert.
+            if let Some(alert) = self.alert_by_id(change.alert_id).await? {
+                pending.push((alert, change));
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Records that a status change's notification has been published (its PubAck is back).
+    pub async fn mark_change_notified(&self, change_id: i64) -> Result<(), StorageError> {
+        self.retrying_while_busy(|| self.mark_change_notified_once(change_id))
+            .await
+    }
+
+    async fn mark_change_notified_once(&self, change_id: i64) -> Result<(), StorageError> {
+        on_pool!(self, |pool| {
+            sqlx::query::<Db>(
+                "UPDATE alert_status_changes SET notify_pending = FALSE \
+                 WHERE id = $1 AND notify_pending",
+            )
+            .bind(change_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 }

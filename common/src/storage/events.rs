@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts_sql, anonymous_placeholders, on_pool, pg_chunks};
+use super::{Storage, StorageError, add_counts, anonymous_placeholders, on_pool, pg_chunks};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
 /// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
@@ -64,8 +64,10 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// True when `event_counts` can answer a count: nothing but the severity is given.
-    fn counted(&self) -> bool {
+    /// The counts table that can answer a count of this filter, if any: `event_counts` when
+    /// nothing but the severity is given, `event_counts_by_type` or `event_counts_by_source`
+    /// when the type or the sensor is given as well (not both), none when a time is given.
+    fn count_table(&self) -> Option<&'static str> {
         // Destructured so that a new field must be considered here.
         let EventFilter {
             severity: _,
@@ -74,10 +76,15 @@ impl EventFilter {
             created_from,
             created_to,
         } = self;
-        source_name.is_none()
-            && event_type.is_none()
-            && created_from.is_none()
-            && created_to.is_none()
+        if created_from.is_some() || created_to.is_some() {
+            return None;
+        }
+        match (event_type, source_name) {
+            (None, None) => Some("event_counts"),
+            (Some(_), None) => Some("event_counts_by_type"),
+            (None, Some(_)) => Some("event_counts_by_source"),
+            (Some(_), Some(_)) => None,
+        }
     }
 
     /// The filter as `WHERE` conditions with their bound values.
@@ -323,6 +330,30 @@ async fn pg_insert_event_chunk(
     Ok(inserted)
 }
 
+/// What a transaction adds to the event count tables, keys in order (see `add_counts!`).
+#[derive(Default)]
+struct EventCountDelta<'a> {
+    by_severity: BTreeMap<i16, i64>,
+    by_type: BTreeMap<(&'a str, i16), i64>,
+    by_source: BTreeMap<(&'a str, i16), i64>,
+}
+
+impl<'a> EventCountDelta<'a> {
+    /// Counts one more stored event.
+    fn add(&mut self, event: &'a NewEvent) {
+        let severity = event.severity.rank();
+        *self.by_severity.entry(severity).or_default() += 1;
+        *self
+            .by_type
+            .entry((event.event_type.as_str(), severity))
+            .or_default() += 1;
+        *self
+            .by_source
+            .entry((event.source_name.as_str(), severity))
+            .or_default() += 1;
+    }
+}
+
 impl Storage {
     /// Stores a batch of events in one transaction. An event whose key is already stored is
     /// left as it is (not an error); of events sharing a key within the batch, the first is
@@ -357,10 +388,14 @@ impl Storage {
             let mut tx = pool.begin().await?;
             let inserted = <Db as EventStatements>::insert_events(&mut tx, &records).await?;
             let mut new_ids: HashMap<&str, i64> = HashMap::with_capacity(inserted.len());
-            let mut added: BTreeMap<i16, i64> = BTreeMap::new();
-            for (id, uid, severity) in &inserted {
+            for (id, uid, _) in &inserted {
                 new_ids.insert(uid.as_str(), *id);
-                *added.entry(*severity).or_default() += 1;
+            }
+            let mut added = EventCountDelta::default();
+            for record in &records {
+                if new_ids.contains_key(record.uid.as_str()) {
+                    added.add(&record.event);
+                }
             }
 
             let mut to_escalate = Vec::new();
@@ -386,16 +421,31 @@ impl Storage {
                 }
             }
 
-            // Last before the commit, so that the count rows stay locked briefly; keys in
-            // order (a BTreeMap's), see `add_counts_sql`.
-            if !added.is_empty() {
-                let sql = add_counts_sql("event_counts", &["severity"], added.len());
-                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                for (severity, n) in &added {
-                    query = query.bind(*severity).bind(*n);
-                }
-                query.execute(&mut *tx).await?;
-            }
+            // Last before the commit, so that the count rows stay locked briefly.
+            add_counts!(
+                Db,
+                tx,
+                "event_counts",
+                &["severity"],
+                &added.by_severity,
+                |query, severity| query.bind(*severity)
+            );
+            add_counts!(
+                Db,
+                tx,
+                "event_counts_by_type",
+                &["event_type", "severity"],
+                &added.by_type,
+                |query, (event_type, severity)| query.bind(*event_type).bind(*severity)
+            );
+            add_counts!(
+                Db,
+                tx,
+                "event_counts_by_source",
+                &["source_name", "severity"],
+                &added.by_source,
+                |query, (source_name, severity)| query.bind(*source_name).bind(*severity)
+            );
             tx.commit().await?;
             Ok(StoredEvents {
                 newly_stored: inserted.len() as u64,
@@ -433,18 +483,18 @@ impl Storage {
         self.count_events_matching(&EventFilter::default()).await
     }
 
-    /// How many events match `filter`. A filter on nothing but the severity is answered from
-    /// `event_counts` (at most four rows); any other counts the matching rows.
+    /// How many events match `filter`. A filter on the severity, the type or the sensor (not
+    /// both of those) is answered from a counts table (a few rows); any other counts the
+    /// matching rows.
     pub async fn count_events_matching(&self, filter: &EventFilter) -> Result<i64, StorageError> {
         let clauses = filter.conditions();
         // SUM(BIGINT) is NUMERIC on Postgres: cast back to BIGINT.
-        let sql = if filter.counted() {
-            format!(
-                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM event_counts{}",
+        let sql = match filter.count_table() {
+            Some(table) => format!(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {table}{}",
                 clauses.sql("WHERE")
-            )
-        } else {
-            format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE"))
+            ),
+            None => format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE")),
         };
         let count = on_pool!(self, |pool| {
             bind_params!(

@@ -12,8 +12,9 @@
 //! backends by the test suite (`THREATMON_TEST_BACKEND=postgres` reruns it on Postgres).
 //!
 //! Exact counts without scans: `event_counts` (per severity) and `alert_counts` (per status
-//! and severity) are kept in the same transaction as every change to the rows they count,
-//! by one upsert of sorted keys (see `add_counts_sql`); a count filtered by nothing but
+//! and severity), and the same again per event type (`*_counts_by_type`) and per sensor
+//! (`*_counts_by_source`), are kept in the same transaction as every change to the rows they
+//! count, by upserts of sorted keys (see [`add_counts!`]); a count filtered by nothing but
 //! those columns reads them instead of the rows. Anything writing `events` or `alerts` must
 //! keep them too.
 
@@ -407,6 +408,30 @@ fn anonymous_placeholders(sql: &mut String, columns: usize) {
     sql.push(')');
 }
 
+/// Keys per count upsert statement: a batch of a thousand events from as many sensors makes
+/// several short statements rather than one long one.
+pub(crate) const COUNT_UPSERT_ROWS: usize = 250;
+
+/// Adds the counts of `$delta` (a `BTreeMap` from key to count, so keys in order) to the
+/// counts table `$table` with key columns `$keys`, in upserts of at most
+/// [`COUNT_UPSERT_ROWS`] keys; `|$query, $key| $bind` binds one key's columns. Nothing when
+/// `$delta` is empty. Callers add to their tables in one fixed order (see the migrations).
+macro_rules! add_counts {
+    ($Db:ty, $tx:expr, $table:expr, $keys:expr, $delta:expr, |$query:ident, $key:pat_param| $bind:expr) => {{
+        let delta: Vec<_> = $delta.iter().collect();
+        for chunk in delta.chunks($crate::storage::COUNT_UPSERT_ROWS) {
+            let sql = $crate::storage::add_counts_sql($table, $keys, chunk.len());
+            let mut $query = sqlx::query::<$Db>(sqlx::AssertSqlSafe(sql));
+            for &(key, n) in chunk {
+                let $key = key;
+                $query = $bind.bind(*n);
+            }
+            $query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(crate) use add_counts;
+
 /// The upsert that adds `n` to the count of each of `rows` keys of a counts table
 /// (`event_counts`, `alert_counts`): `INSERT INTO table (keys…, n) VALUES (…), (…)
 /// ON CONFLICT (keys…) DO UPDATE SET n = table.n + excluded.n`.
@@ -415,7 +440,7 @@ fn anonymous_placeholders(sql: &mut String, columns: usize) {
 /// can: a Postgres upsert locks the rows it touches in `VALUES` order until the commit, so
 /// concurrent writers (several ingestors or alerters on one database) all take these locks in
 /// one order and cannot deadlock, and hold them only briefly.
-fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String {
+pub(crate) fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String {
     let columns = keys.len() + 1;
     let keys = keys.join(", ");
     let mut sql = format!("INSERT INTO {table} ({keys}, n) VALUES ");
