@@ -123,6 +123,14 @@ impl NatsServer {
         self.spawn_and_wait();
     }
 
+    /// Starts again on the same port with JetStream off: a server that takes connections but
+    /// answers no JetStream request, as one still recovering its streams does. Kills a
+    /// running one first; [`restart`](Self::restart) brings JetStream back.
+    pub fn restart_without_jetstream(&mut self) {
+        self.stop();
+        self.spawn_and_wait_with(false);
+    }
+
     /// The contents of the server's log file (all runs so far), for debugging failures.
     pub fn log(&self) -> String {
         std::fs::read(self.log_path())
@@ -140,11 +148,18 @@ impl NatsServer {
 
     /// Spawns the process and blocks until this run logs "Server is ready".
     fn spawn_and_wait(&mut self) {
+        self.spawn_and_wait_with(true);
+    }
+
+    fn spawn_and_wait_with(&mut self, jetstream: bool) {
         let log_path = self.log_path();
         // nats-server appends to its log; only lines past this offset belong to this run.
         let offset = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-        let child = Command::new(&self.binary)
-            .arg("-js")
+        let mut command = Command::new(&self.binary);
+        if jetstream {
+            command.arg("-js");
+        }
+        let child = command
             .args(["-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string()])
             .arg("-sd")

@@ -210,3 +210,38 @@ async fn a_worker_asked_to_stop_finishes_its_batch_and_a_successor_resumes() {
     ingestor.stop().await;
     alerter.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_starting_while_jetstream_is_not_ready_waits_for_it() {
+    let mut nats = testkit::NatsServer::start();
+    // A server that takes connections but answers no JetStream request yet, as one that is
+    // still recovering its streams after a restart.
+    nats.restart_without_jetstream();
+    let client = common::bus::connect(&nats.url(), "starting", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let js = jetstream::new(client.clone());
+    let mut declaring =
+        tokio::spawn(
+            async move { subjects::ensure_streams_within(&js, Duration::from_secs(60)).await },
+        );
+    // A single attempt fails at once ("no responders"): the service must still be waiting.
+    tokio::time::timeout(Duration::from_secs(3), &mut declaring)
+        .await
+        .expect_err("the streams cannot be declared without JetStream");
+    nats.restart();
+    tokio::time::timeout(PATIENCE, declaring)
+        .await
+        .expect("declared once JetStream is back")
+        .unwrap()
+        .expect("no error reaches the service");
+    let js = jetstream::new(client);
+    for stream in [
+        subjects::EVENTS_STREAM,
+        subjects::ESCALATIONS_STREAM,
+        subjects::ALERTS_STREAM,
+        subjects::DEADLETTER_STREAM,
+    ] {
+        js.get_stream(stream).await.unwrap();
+    }
+}
