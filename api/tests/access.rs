@@ -44,27 +44,8 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_brief_says() {
         .await
         .unwrap();
     // One event with its alert, to address by id.
-    let event = common::domain::EventIn::from_value(json!({
-        "sourceName": "fw", "eventType": "port_scan", "severity": "HIGH"}))
-    .unwrap();
-    let record = common::storage::EventRecord {
-        uid: "e1".into(),
-        event,
-        created_at: chrono::Utc::now(),
-    };
-    let stored = api
-        .state
-        .storage
-        .store_events(&[record], common::domain::Severity::High)
-        .await
-        .unwrap();
-    let alerts = api
-        .state
-        .storage
-        .create_alerts(&stored.to_escalate, chrono::Utc::now())
-        .await
-        .unwrap();
-    let (event_id, alert_id, user_id) = (stored.to_escalate[0].id, alerts.alerts[0].id, target.id);
+    let alert = api.stored_alert("e1").await;
+    let (event_id, alert_id, user_id) = (alert.event_id, alert.id, target.id);
 
     let new_event = json!({"sourceName": "fw", "eventType": "x", "severity": "LOW"});
     let table: Vec<(&str, String, Option<Value>, Allowed, StatusCode)> = vec![

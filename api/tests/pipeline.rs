@@ -229,26 +229,7 @@ async fn posting_an_event_while_nats_is_down_is_a_clear_503() {
 async fn a_status_change_made_while_nats_is_down_is_published_once_nats_is_back() {
     let mut api = TestApi::start().await;
     let (admin, token) = api.user_with_token("admin", Role::Admin).await;
-    let event = common::domain::EventIn::from_value(
-        json!({"sourceName": "fw", "eventType": "port_scan", "severity": "HIGH"}),
-    )
-    .unwrap();
-    let record = common::storage::EventRecord {
-        uid: "outage-1".into(),
-        event,
-        created_at: chrono::Utc::now(),
-    };
-    let storage = &api.state.storage;
-    let stored = storage
-        .store_events(&[record], common::domain::Severity::High)
-        .await
-        .unwrap();
-    let alert_id = storage
-        .create_alerts(&stored.to_escalate, chrono::Utc::now())
-        .await
-        .unwrap()
-        .alerts[0]
-        .id;
+    let alert_id = api.stored_alert("outage-1").await.id;
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(api::updates::relay_pending_updates(
         api.state.clone(),

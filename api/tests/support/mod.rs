@@ -117,6 +117,31 @@ impl TestApi {
             .unwrap()
     }
 
+    /// Stores a HIGH `port_scan` event from sensor `fw` under `uid`, and makes its alert,
+    /// straight in the database (as the pipeline would).
+    pub async fn stored_alert(&self, uid: &str) -> common::domain::Alert {
+        let event = common::domain::EventIn::from_value(
+            serde_json::json!({"sourceName": "fw", "eventType": "port_scan", "severity": "HIGH"}),
+        )
+        .unwrap();
+        let record = common::storage::EventRecord {
+            uid: uid.to_owned(),
+            event,
+            created_at: chrono::Utc::now(),
+        };
+        let storage = &self.state.storage;
+        let stored = storage
+            .store_events(&[record], common::domain::Severity::High)
+            .await
+            .unwrap();
+        storage
+            .create_alerts(&stored.to_escalate, chrono::Utc::now())
+            .await
+            .unwrap()
+            .alerts
+            .remove(0)
+    }
+
     /// Logs in through the API; returns (access, refresh).
     pub async fn login(&self, username: &str) -> (String, String) {
         let body =

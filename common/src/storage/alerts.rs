@@ -415,26 +415,25 @@ struct AlertCountDelta<'a> {
 }
 
 impl<'a> AlertCountDelta<'a> {
-    /// Adds `n` (negative to take away) alerts of this kind.
-    fn add(&mut self, status: &'a str, alert: &'a AlertKind, n: i64) {
-        let severity = alert.severity;
+    /// Adds `n` (negative to take away) alerts with this status, severity, type and sensor.
+    fn add(
+        &mut self,
+        status: &'a str,
+        severity: i16,
+        event_type: &'a str,
+        source_name: &'a str,
+        n: i64,
+    ) {
         *self.by_status.entry((status, severity)).or_default() += n;
         *self
             .by_type
-            .entry((alert.event_type.as_str(), status, severity))
+            .entry((event_type, status, severity))
             .or_default() += n;
         *self
             .by_source
-            .entry((alert.source_name.as_str(), status, severity))
+            .entry((source_name, status, severity))
             .or_default() += n;
     }
-}
-
-/// What the alert count tables key an alert by, besides its status.
-struct AlertKind {
-    severity: i16,
-    event_type: String,
-    source_name: String,
 }
 
 /// Adds an [`AlertCountDelta`] to `alert_counts`, `alert_counts_by_type` and
@@ -510,18 +509,10 @@ impl Storage {
             }
             let rows = <Db as AlertStatements>::alerts_by_event_ids(&mut tx, &event_ids).await?;
             let created_set: HashSet<i64> = created_ids.iter().copied().collect();
-            let kinds: Vec<AlertKind> = rows
-                .iter()
-                .filter(|row| created_set.contains(&row.id))
-                .map(|row| AlertKind {
-                    severity: row.severity,
-                    event_type: row.event_type.clone(),
-                    source_name: row.source_name.clone(),
-                })
-                .collect();
             let mut added = AlertCountDelta::default();
-            for kind in &kinds {
-                added.add(AlertStatus::Open.as_str(), kind, 1);
+            for row in rows.iter().filter(|row| created_set.contains(&row.id)) {
+                let open = AlertStatus::Open.as_str();
+                added.add(open, row.severity, &row.event_type, &row.source_name, 1);
             }
             // Last before the commit, so that the count rows stay locked briefly.
             add_alert_counts!(Db, tx, &added);
@@ -695,14 +686,9 @@ impl Storage {
             // Last before the commit, so that the count rows stay locked briefly. This
             // transaction holds the alert's row lock, so `current` is the committed status.
             if change.is_some() {
-                let kind = AlertKind {
-                    severity,
-                    event_type,
-                    source_name,
-                };
                 let mut moved = AlertCountDelta::default();
-                moved.add(current.as_str(), &kind, -1);
-                moved.add(to.as_str(), &kind, 1);
+                moved.add(current.as_str(), severity, &event_type, &source_name, -1);
+                moved.add(to.as_str(), severity, &event_type, &source_name, 1);
                 add_alert_counts!(Db, tx, &moved);
             }
             tx.commit().await?;
