@@ -152,7 +152,8 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     )
     .await?;
     let js = jetstream::new(nats.clone());
-    subjects::ensure_streams_within(&js, settings.connections.nats_connect_timeout()).await?;
+    subjects::ensure_streams_within(&js, &storage, settings.connections.nats_connect_timeout())
+        .await?;
     // One hash at a time: each holds 12 MiB of argon2 memory, the api's budget is 64 MiB,
     // and one core still checks ~65 logins a second (the original managed 3).
     let passwords = Passwords::new(1).map_err(|e| StartError::Admin(e.to_string()))?;

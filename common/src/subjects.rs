@@ -1,5 +1,5 @@
 //! Every NATS subject, stream and durable consumer threatmon uses, named and declared here
-//! and nowhere else. Each service calls [`ensure_streams`] at start; it is idempotent.
+//! and nowhere else. Each service calls [`ensure_streams_within`] at start; it is idempotent.
 //!
 //! ```text
 //! events.<source>              EVENTS       sensors and the API publish; the ingestor consumes
@@ -19,6 +19,7 @@ use async_nats::jetstream::{
 
 use crate::bus::BusError;
 use crate::domain::{AlertStatus, Severity};
+use crate::storage::Storage;
 
 /// Stream of incoming events.
 pub const EVENTS_STREAM: &str = "EVENTS";
@@ -146,8 +147,9 @@ pub fn stream_configs() -> [StreamConfig; 4] {
     ]
 }
 
-/// Creates the streams, or updates them to the declared settings. Safe to run from every
-/// service at every start, and from several at once.
+/// Creates the streams, or updates them to the declared settings. Safe to run at every start,
+/// but not from two clients at once on nats-server before 2.9.16: services declare them
+/// through [`ensure_streams_within`], which takes turns with the others.
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
     for config in stream_configs() {
         let name = config.name.clone();
@@ -158,17 +160,29 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
     Ok(())
 }
 
-/// [`ensure_streams`], retried for up to `patience` while JetStream does not answer: a
-/// service starting while the server restarts (or before JetStream has recovered its
-/// streams) waits for it, as it waits for the first connection, instead of exiting.
+/// [`ensure_streams`], one service at a time, retried for up to `patience` while JetStream
+/// does not answer.
+///
+/// Services that share `storage` take turns ([`Storage::one_setup_at_a_time`]): several
+/// starting at once on a new nats-server 2.9.10 would otherwise create each stream
+/// concurrently, which that server gets wrong. A service starting while the server restarts
+/// (or before JetStream has recovered its streams) waits for it, as it waits for the first
+/// connection, instead of exiting.
 pub async fn ensure_streams_within(
     js: &jetstream::Context,
+    storage: &Storage,
     patience: Duration,
 ) -> Result<(), BusError> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut delay = Duration::from_millis(100);
     loop {
-        match ensure_streams(js).await {
+        let declared = match storage.one_setup_at_a_time(ensure_streams(js)).await {
+            Ok(declared) => declared,
+            Err(err) => Err(BusError::Setup(format!(
+                "taking turns with other services through the database: {err}"
+            ))),
+        };
+        match declared {
             Ok(()) => return Ok(()),
             Err(err) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(error = %err, "JetStream not ready yet; retrying");

@@ -262,7 +262,7 @@ pub async fn connect(name: &str, connections: &Connections) -> Result<Connected,
     )
     .await?;
     let js = jetstream::new(client.clone());
-    subjects::ensure_streams_within(&js, connections.nats_connect_timeout()).await?;
+    subjects::ensure_streams_within(&js, &storage, connections.nats_connect_timeout()).await?;
     Ok(Connected {
         storage,
         client,

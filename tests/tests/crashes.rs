@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use common::domain::Severity;
-use common::storage::{AlertFilter, AlertOrdering};
+use common::storage::{AlertFilter, AlertOrdering, Storage};
 use common::subjects;
 use futures::StreamExt;
 use testkit::eventually;
@@ -221,10 +221,11 @@ async fn a_service_starting_while_jetstream_is_not_ready_waits_for_it() {
         .await
         .unwrap();
     let js = jetstream::new(client.clone());
-    let mut declaring =
-        tokio::spawn(
-            async move { subjects::ensure_streams_within(&js, Duration::from_secs(60)).await },
-        );
+    let db = testkit::TestDb::new().await;
+    let storage = Storage::connect_and_migrate(db.url()).await.unwrap();
+    let mut declaring = tokio::spawn(async move {
+        subjects::ensure_streams_within(&js, &storage, Duration::from_secs(60)).await
+    });
     // A single attempt fails at once ("no responders"): the service must still be waiting.
     tokio::time::timeout(Duration::from_secs(3), &mut declaring)
         .await
@@ -243,5 +244,62 @@ async fn a_service_starting_while_jetstream_is_not_ready_waits_for_it() {
         subjects::DEADLETTER_STREAM,
     ] {
         js.get_stream(stream).await.unwrap();
+    }
+}
+
+/// Services started together on a new server all declare the streams at once. nats-server
+/// 2.9.10 gets concurrent creations of one stream wrong (the stream is left broken and later
+/// requests on it time out), so the services take turns through their shared database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_starting_together_on_a_new_server_leave_every_stream_working() {
+    const SERVICES: usize = 6;
+    for round in 0..3 {
+        let nats = testkit::NatsServer::start();
+        let db = testkit::TestDb::new().await;
+        Storage::connect_and_migrate(db.url()).await.unwrap();
+        let mut starting = Vec::new();
+        for service in 0..SERVICES {
+            // Each service has its own connections, as separate processes would: the server
+            // answers one connection's requests in order, so one client cannot race itself.
+            let client = common::bus::connect(&nats.url(), &format!("service-{service}"), PATIENCE)
+                .await
+                .unwrap();
+            let storage = Storage::connect(db.url()).await.unwrap();
+            starting.push(tokio::spawn(async move {
+                let js = jetstream::new(client);
+                subjects::ensure_streams_within(&js, &storage, Duration::from_secs(30)).await
+            }));
+        }
+        for service in starting {
+            service
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: a service could not start: {e}"));
+        }
+        // Every stream takes a message and answers for it, as the services will ask.
+        let client = common::bus::connect(&nats.url(), "checking", PATIENCE)
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        for (stream, subject) in [
+            (subjects::EVENTS_STREAM, "events.check"),
+            (subjects::ESCALATIONS_STREAM, "escalations.high"),
+            (subjects::ALERTS_STREAM, "alerts.created.high"),
+            (subjects::DEADLETTER_STREAM, "deadletter.check"),
+        ] {
+            let ack = tokio::time::timeout(Duration::from_secs(10), async {
+                js.publish(subject, Bytes::from_static(b"{}")).await?.await
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: {stream} did not answer a publish"))
+            .unwrap_or_else(|e| panic!("round {round}: {stream} refused a publish: {e}"));
+            assert_eq!(ack.stream, stream, "round {round}");
+            let mut info = js.get_stream(stream).await.unwrap();
+            let state = info.info().await.unwrap().state.clone();
+            assert_eq!(
+                state.messages, 1,
+                "round {round}: {stream} holds the one message"
+            );
+        }
     }
 }

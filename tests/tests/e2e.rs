@@ -126,12 +126,21 @@ impl System {
     }
 
     async fn wait_ready(&self, port: u16, path: &str) {
-        let what = format!("127.0.0.1:{port}{path} to answer 200");
-        eventually(PATIENCE, &what, || async move {
-            let (status, _) = http(port, "GET", path, None, None).await.ok()?;
-            (status == 200).then_some(())
-        })
-        .await;
+        let started = std::time::Instant::now();
+        while !matches!(http(port, "GET", path, None, None).await, Ok((200, _))) {
+            if started.elapsed() >= PATIENCE {
+                // The services' own lines are above (their stderr is the test's); the
+                // server's say whether it was there for them.
+                let log = self.nats.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "127.0.0.1:{port}{path} did not answer 200 within {PATIENCE:?}; \
+                     nats-server log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn admin_token(&self) -> String {

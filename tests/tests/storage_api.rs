@@ -1274,3 +1274,60 @@ async fn status_changes_wait_for_their_notification_until_marked_and_creations_n
     // The history itself is untouched by the marks.
     assert_eq!(storage.status_history(first.id).await.unwrap().len(), 3);
 }
+
+/// Services sharing a database take turns at setup (declaring the NATS streams): however
+/// many start at once, one holds the lock at a time, each gets it, and a setup that is
+/// abandoned half-way (its future dropped) hands it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_sharing_a_database_run_their_setup_one_at_a_time() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let db = TestDb::new().await;
+    open(&db).await;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let mut services = Vec::new();
+    for _ in 0..5 {
+        // Each with its own pool, as separate processes would have.
+        let storage = Storage::connect(db.url()).await.unwrap();
+        let (inside, most_inside) = (inside.clone(), most_inside.clone());
+        services.push(tokio::spawn(async move {
+            storage
+                .one_setup_at_a_time(async {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_inside.fetch_max(now, Ordering::SeqCst);
+                    // Hold the turn long enough for the others to try to take it.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+        }));
+    }
+    for service in services {
+        service.await.unwrap().unwrap();
+    }
+    assert_eq!(most_inside.load(Ordering::SeqCst), 1, "one setup at a time");
+
+    // A service that stops half-way through its setup does not keep the others waiting.
+    let storage = Storage::connect(db.url()).await.unwrap();
+    let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+    let stuck = tokio::spawn(async move {
+        storage
+            .one_setup_at_a_time(async {
+                taken_tx.send(()).unwrap();
+                std::future::pending::<()>().await
+            })
+            .await
+    });
+    taken_rx.await.unwrap();
+    stuck.abort();
+    let next = Storage::connect(db.url()).await.unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        next.one_setup_at_a_time(async {}),
+    )
+    .await
+    .expect("the turn passed on after the first holder gave up")
+    .unwrap();
+}

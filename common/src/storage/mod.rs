@@ -161,6 +161,10 @@ fn is_sqlite_busy(err: &sqlx::Error) -> bool {
 /// ones. Reads in WAL mode wait for no writer.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
+/// The Postgres advisory lock behind [`Storage::one_setup_at_a_time`] ("thrtmon1" in ASCII;
+/// sqlx's migrations use a key of their own).
+const SETUP_LOCK_KEY: i64 = 0x7468_7274_6d6f_6e31;
+
 /// How often the WAL is copied into the SQLite database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -316,6 +320,41 @@ impl Storage {
                     tokio::time::sleep(Duration::from_micros(500)).await;
                 }
                 result => return result,
+            }
+        }
+    }
+
+    /// Runs `work` while holding the database's setup lock: of all the services sharing this
+    /// database, one at a time runs its setup. Used to declare the NATS streams, which
+    /// nats-server before 2.9.16 (Debian's is 2.9.10) cannot create from two clients at once:
+    /// both creations succeed, the stream is left broken and every later JetStream request
+    /// on it times out (nats-server#3677).
+    ///
+    /// The lock is a transaction that writes nothing: SQLite's write lock (`BEGIN
+    /// IMMEDIATE`), or a Postgres transaction-scoped advisory lock. Dropping the future rolls
+    /// it back, so a cancelled setup never leaves the lock held.
+    pub async fn one_setup_at_a_time<T>(
+        &self,
+        work: impl Future<Output = T>,
+    ) -> Result<T, StorageError> {
+        match self {
+            Storage::Sqlite(pool) => {
+                let lock = self
+                    .retrying_while_busy(|| async { Ok(pool.begin_with("BEGIN IMMEDIATE").await?) })
+                    .await?;
+                let done = work.await;
+                lock.rollback().await?;
+                Ok(done)
+            }
+            Storage::Postgres(pool) => {
+                let mut lock = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SETUP_LOCK_KEY)
+                    .execute(&mut *lock)
+                    .await?;
+                let done = work.await;
+                lock.rollback().await?;
+                Ok(done)
             }
         }
     }
