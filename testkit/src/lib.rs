@@ -233,13 +233,45 @@ fn find_nats_server() -> Option<PathBuf> {
     })
 }
 
-/// A port that was free on 127.0.0.1 a moment ago (the kernel picks it).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a free port");
-    listener
-        .local_addr()
-        .expect("local address of port-picking listener")
-        .port()
+/// A port for a server a test is about to start: free on 127.0.0.1 now, never handed out
+/// before by this process, and outside the kernel's range for outgoing connections.
+///
+/// Asking the kernel for port 0 gives a port from that ephemeral range, and until the server
+/// binds it (seconds later for a service that first migrates its database) any outgoing
+/// connection of any test may take it as its local port; the server then fails with "address
+/// in use". Ports below the range are only ever taken by a bind, which this checks.
+pub fn free_port() -> u16 {
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Well clear of the usual services (PostgreSQL 5432, Redis 6379, NATS 4222, 8080…).
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1024)).max(1);
+    let span = ephemeral_low - low;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts somewhere else, so one run's ports are not the last run's.
+    let mut candidate = next.unwrap_or_else(|| {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+        low + (seed % u32::from(span)) as u16
+    });
+    for _ in 0..span {
+        let port = candidate;
+        candidate = if candidate + 1 >= ephemeral_low {
+            low
+        } else {
+            candidate + 1
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(candidate);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {low} and {ephemeral_low}");
 }
 
 /// Whether the file at `path`, from byte `offset` on, contains `needle`.
@@ -570,6 +602,24 @@ mod tests {
         drop(db);
         assert!(!pg_database_exists(&admin_url, &name).await);
         drop(conn);
+    }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_outgoing_range() {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for port in ports {
+            assert!(port < ephemeral_low, "{port} is in the outgoing range");
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::domain::Severity;
 use common::storage::{AlertFilter, EventFilter, Storage};
 use serde_json::Value;
-use testkit::{NatsServer, TestDb, eventually};
+use testkit::{NatsServer, TestDb, eventually, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -45,14 +45,6 @@ fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process killed (SIGKILL) when dropped.
