@@ -97,8 +97,8 @@ pub enum StorageError {
     /// Applying migrations failed.
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// Creating the directory for a SQLite file failed.
-    #[error("cannot create the database directory: {0}")]
+    /// Creating the directory for a SQLite file, or the setup lock file beside it, failed.
+    #[error("cannot create a file beside the database: {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -330,21 +330,23 @@ impl Storage {
     /// both creations succeed, the stream is left broken and every later JetStream request
     /// on it times out (nats-server#3677).
     ///
-    /// The lock is a transaction that writes nothing: SQLite's write lock (`BEGIN
-    /// IMMEDIATE`), or a Postgres transaction-scoped advisory lock. Dropping the future rolls
-    /// it back, so a cancelled setup never leaves the lock held.
+    /// On SQLite the lock is a file lock on `<database>-setup.lock` beside the database (its
+    /// users share a host), so the database's writers are never held up; an in-memory
+    /// database has a single user and needs none. On Postgres it is a transaction-scoped
+    /// advisory lock. Dropping the future releases either, and so does the death of the
+    /// process, so a setup abandoned half-way never leaves the others waiting.
     pub async fn one_setup_at_a_time<T>(
         &self,
         work: impl Future<Output = T>,
     ) -> Result<T, StorageError> {
         match self {
             Storage::Sqlite(pool) => {
-                let lock = self
-                    .retrying_while_busy(|| async { Ok(pool.begin_with("BEGIN IMMEDIATE").await?) })
-                    .await?;
-                let done = work.await;
-                lock.rollback().await?;
-                Ok(done)
+                let database = pool.connect_options().get_filename().to_path_buf();
+                let _lock = match database.is_file() {
+                    true => Some(lock_file_beside(&database).await?),
+                    false => None,
+                };
+                Ok(work.await)
             }
             Storage::Postgres(pool) => {
                 let mut lock = pool.begin().await?;
@@ -370,6 +372,27 @@ impl Storage {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         on_pool!(self, |pool| pool.close().await)
+    }
+}
+
+/// Takes the exclusive lock on `<database>-setup.lock` (created when missing), polling so
+/// that no executor thread blocks. The lock lasts as long as the returned file is open.
+async fn lock_file_beside(database: &std::path::Path) -> Result<std::fs::File, StorageError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-setup.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(err.into()),
+        }
     }
 }
 
