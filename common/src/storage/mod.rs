@@ -326,9 +326,9 @@ impl Storage {
 
     /// Runs `work` while holding the database's setup lock: of all the services sharing this
     /// database, one at a time runs its setup. Used to declare the NATS streams, which
-    /// nats-server before 2.9.16 (Debian's is 2.9.10) cannot create from two clients at once:
-    /// both creations succeed, the stream is left broken and every later JetStream request
-    /// on it times out (nats-server#3677).
+    /// nats-server before 2.9.16 (Debian's is 2.9.10) cannot safely create from two clients at
+    /// once: both may pass its existence check and open the same store, which can leave
+    /// JetStream answering no request at all (nats-server#3677, fixed upstream by e6447c982).
     ///
     /// On SQLite the lock is a file lock on `<database>-setup.lock` beside the database (its
     /// users share a host), so the database's writers are never held up; an in-memory
@@ -342,9 +342,10 @@ impl Storage {
         match self {
             Storage::Sqlite(pool) => {
                 let database = pool.connect_options().get_filename().to_path_buf();
-                let _lock = match database.is_file() {
-                    true => Some(lock_file_beside(&database).await?),
-                    false => None,
+                let _lock = if database.is_file() {
+                    Some(lock_file_beside(&database).await?)
+                } else {
+                    None
                 };
                 Ok(work.await)
             }
