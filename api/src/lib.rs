@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/schema", get(openapi::schema))
         .route("/api/docs", get(openapi::docs))
+        .route(openapi::DOCS_SCRIPT_PATH, get(openapi::docs_script))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

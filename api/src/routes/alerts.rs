@@ -26,8 +26,26 @@ const MAX_NOTE_CHARS: usize = 2000;
 pub struct AlertPatch {
     /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
     pub status: AlertStatus,
-    /// Why, kept in the history.
+    /// Why, kept in the history (at most 2000 characters).
+    #[schema(required = false, nullable = false, min_length = 1, max_length = 2000, pattern = r"\S")]
     pub note: Option<String>,
+}
+
+/// The orderings `?ordering=` takes, for the document ([`ordering`] reads them).
+#[derive(Debug, Deserialize, ToSchema)]
+pub enum AlertOrderingParam {
+    /// Oldest first.
+    #[serde(rename = "created_at")]
+    CreatedAt,
+    /// Newest first (the default).
+    #[serde(rename = "-created_at")]
+    NewestFirst,
+    /// LOW first.
+    #[serde(rename = "severity")]
+    Severity,
+    /// CRITICAL first.
+    #[serde(rename = "-severity")]
+    SeverityDescending,
 }
 
 fn ordering(params: &mut Params) -> AlertOrdering {
@@ -55,13 +73,14 @@ fn ordering(params: &mut Params) -> AlertOrdering {
         ("severity" = Option<Severity>, Query, description = "Same as event__severity"),
         ("eventType" = Option<String>, Query, description = "Exact event type"),
         ("sourceName" = Option<String>, Query, description = "Exact sensor name"),
-        ("created_at__gte" = Option<String>, Query, description = "Raised at or after (RFC 3339)"),
-        ("created_at__lte" = Option<String>, Query, description = "Raised at or before (RFC 3339)"),
-        ("ordering" = Option<String>, Query, description = "created_at, -created_at (default), severity, -severity"),
-        ("page" = Option<i64>, Query, description = "Page number"),
-        ("page_size" = Option<i64>, Query, description = "Items a page, at most 100"),
+        ("created_at__gte" = Option<String>, Query, format = DateTime, description = "Raised at or after (RFC 3339)"),
+        ("created_at__lte" = Option<String>, Query, format = DateTime, description = "Raised at or before (RFC 3339)"),
+        ("ordering" = Option<AlertOrderingParam>, Query, description = "created_at, -created_at (default), severity, -severity"),
+        ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
+        ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100"),
     ),
-    responses((status = 200, body = Page<Alert>), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, body = Page<Alert>), (status = 400), (status = 401), (status = 404),
+        (status = 503)))]
 pub async fn list(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
@@ -69,10 +88,10 @@ pub async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Json<Page<Alert>>> {
-    let severity = match params.get("event__severity") {
-        Some(_) => params.choice::<Severity>("event__severity"),
-        None => params.choice::<Severity>("severity"),
-    };
+    // Both spellings are checked (a bad one is a 400 even beside a good one);
+    // `event__severity` wins when both are given.
+    let by_event = params.choice::<Severity>("event__severity");
+    let severity = by_event.or(params.choice::<Severity>("severity"));
     let filter = AlertFilter {
         status: params.choice::<AlertStatus>("status"),
         severity,
@@ -96,7 +115,7 @@ pub async fn list(
 /// One alert.
 #[utoipa::path(get, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Alert id")),
-    responses((status = 200, body = Alert), (status = 401), (status = 404)))]
+    responses((status = 200, body = Alert), (status = 401), (status = 404), (status = 503)))]
 pub async fn get(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
@@ -166,7 +185,8 @@ async fn change_status(
 /// when, from, to, note) and published on `alerts.updated.<status>`.
 #[utoipa::path(patch, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
-    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 413), (status = 415), (status = 503)))]
 pub async fn patch(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -179,7 +199,8 @@ pub async fn patch(
 /// As PATCH, with `status` required (the original's ModelViewSet accepted PUT too).
 #[utoipa::path(put, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
-    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 413), (status = 415), (status = 503)))]
 pub async fn put(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -192,7 +213,8 @@ pub async fn put(
 /// Every status change of an alert, oldest first; the first is its creation.
 #[utoipa::path(get, path = "/api/alerts/{id}/history/", tag = "alerts", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Alert id")),
-    responses((status = 200, body = Vec<StatusChange>), (status = 401), (status = 404)))]
+    responses((status = 200, body = Vec<StatusChange>), (status = 401), (status = 404),
+        (status = 503)))]
 pub async fn history(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
@@ -252,7 +274,7 @@ struct StreamFilter {
     params(
         ("severity" = Option<Severity>, Query, description = "Only alerts of this severity"),
         ("status" = Option<AlertStatus>, Query, description = "Only alerts now in this status"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a number; anything else is ignored)"),
     ),
     responses(
         (status = 200, description = "An endless text/event-stream", content_type = "text/event-stream"),

@@ -17,9 +17,11 @@ use crate::state::AppState;
 /// Login request.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginIn {
-    /// Username.
+    /// Username (surrounding whitespace is trimmed).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub username: String,
     /// Password.
+    #[schema(min_length = 1)]
     pub password: String,
 }
 
@@ -36,6 +38,7 @@ pub struct TokenPair {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshIn {
     /// Refresh token.
+    #[schema(min_length = 1)]
     pub refresh: String,
 }
 
@@ -53,7 +56,9 @@ pub struct AccessOut {
         (status = 200, body = TokenPair),
         (status = 400, description = "A field is missing"),
         (status = 401, description = "No active account found with the given credentials"),
+        (status = 413), (status = 415),
         (status = 429, description = "Too many failed logins; see Retry-After"),
+        (status = 503),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -103,6 +108,7 @@ fn refresh_field(body: Value) -> ApiResult<String> {
         (status = 200, body = AccessOut),
         (status = 400, description = "The field is missing"),
         (status = 401, description = "Given token not valid for any token type"),
+        (status = 413), (status = 415), (status = 503),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -131,6 +137,7 @@ pub async fn refresh(
         (status = 200, description = "Revoked"),
         (status = 400, description = "The field is missing"),
         (status = 401, description = "Given token not valid for any token type"),
+        (status = 413), (status = 415), (status = 503),
     ))]
 pub async fn logout(
     State(state): State<AppState>,

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use common::FieldErrors;
 use common::bus::{self, Outgoing};
-use common::domain::{Event, EventIn, EventRejection, NewEvent, Severity};
+use common::domain::{Event, EventIn, EventRejection, Severity};
 use common::storage::EventFilter;
 use common::subjects;
 use serde_json::Value;
@@ -30,12 +30,13 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
         ("severity" = Option<Severity>, Query, description = "Exact severity"),
         ("sourceName" = Option<String>, Query, description = "Exact sensor name"),
         ("eventType" = Option<String>, Query, description = "Exact event type"),
-        ("created_at__gte" = Option<String>, Query, description = "Stored at or after (RFC 3339)"),
-        ("created_at__lte" = Option<String>, Query, description = "Stored at or before (RFC 3339)"),
-        ("page" = Option<i64>, Query, description = "Page number"),
-        ("page_size" = Option<i64>, Query, description = "Items a page, at most 100"),
+        ("created_at__gte" = Option<String>, Query, format = DateTime, description = "Stored at or after (RFC 3339)"),
+        ("created_at__lte" = Option<String>, Query, format = DateTime, description = "Stored at or before (RFC 3339)"),
+        ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
+        ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100"),
     ),
-    responses((status = 200, body = Page<Event>), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = Page<Event>), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 503)))]
 pub async fn list(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
@@ -64,7 +65,8 @@ pub async fn list(
 /// One stored event.
 #[utoipa::path(get, path = "/api/events/{id}/", tag = "events", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Event id")),
-    responses((status = 200, body = Event), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = Event), (status = 401), (status = 403), (status = 404),
+        (status = 503)))]
 pub async fn get(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
@@ -95,12 +97,13 @@ fn field_errors(rejection: EventRejection) -> FieldErrors {
 /// and escalates it like any sensor's. Each accepted event carries its idempotency `uid`
 /// (the body's, or a new one): posting it again with that `uid` stores it once.
 #[utoipa::path(post, path = "/api/events/", tag = "events", security(("jwt" = [])),
-    request_body(content = NewEvent, description = "An event, or a JSON array of up to 1000 events"),
+    request_body(content = crate::openapi::EventsIn, description = "An event, or a JSON array of up to 1000 events"),
     responses(
-        (status = 202, body = NewEvent, description = "Accepted (an array for an array)"),
-        (status = 400, description = "Field errors (a list of them for an array)"),
-        (status = 401), (status = 403),
-        (status = 503, description = "The event bus is unavailable"),
+        (status = 202, body = crate::openapi::EventsAccepted, description = "Accepted (a list for a list)"),
+        (status = 400, body = crate::openapi::EventErrors,
+            description = "Field errors (a list of them, one per event, for a list)"),
+        (status = 401), (status = 403), (status = 413), (status = 415),
+        (status = 503, description = "The event bus or the database is unavailable"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -128,6 +131,17 @@ pub async fn create(
     let mut errors = Vec::with_capacity(items.len());
     for item in items {
         match EventIn::from_value(item) {
+            // The uid becomes the Nats-Msg-Id header, which cannot hold CR or LF (async-nats
+            // panics on them): refuse it here rather than fail the publish.
+            Ok(event)
+                if event.uid.as_deref().is_some_and(|uid| {
+                    uid.parse::<async_nats::header::HeaderValue>().is_err()
+                }) =>
+            {
+                let mut bad = FieldErrors::new();
+                bad.add("uid", "Line breaks are not allowed.");
+                errors.push(bad);
+            }
             Ok(mut event) => {
                 event
                     .uid

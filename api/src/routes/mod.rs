@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/alerts/stream"),
     ("GET", "/api/schema"),
     ("GET", "/api/docs"),
+    ("GET", crate::openapi::DOCS_SCRIPT_PATH),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

@@ -25,10 +25,13 @@ const MAX_EMAIL_CHARS: usize = 254;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserIn {
     /// Letters, digits and `@.+-_`, at most 150.
+    #[schema(min_length = 1, max_length = 150, pattern = r"^[\w.@+-]+$")]
     pub username: String,
     /// Email address (optional).
+    #[schema(required = false, nullable = false, format = Email, max_length = 254)]
     pub email: Option<String>,
     /// At least 8 characters, not the username.
+    #[schema(min_length = 8)]
     pub password: String,
     /// `ADMIN` or `ANALYST`.
     pub role: Role,
@@ -38,12 +41,16 @@ pub struct UserIn {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserPatch {
     /// Email address.
+    #[schema(required = false, nullable = false, format = Email, max_length = 254)]
     pub email: Option<String>,
-    /// New password.
+    /// New password: at least 8 characters, not the username.
+    #[schema(required = false, nullable = false, min_length = 8)]
     pub password: Option<String>,
     /// `ADMIN` or `ANALYST`.
+    #[schema(required = false, nullable = false)]
     pub role: Option<Role>,
     /// False deactivates: the user's tokens stop working at once.
+    #[schema(required = false, nullable = false)]
     pub is_active: Option<bool>,
 }
 
@@ -101,9 +108,10 @@ fn duplicate_username() -> ApiError {
 
 /// Lists users, by id.
 #[utoipa::path(get, path = "/api/users/", tag = "users", security(("jwt" = [])),
-    params(("page" = Option<i64>, Query, description = "Page number"),
-           ("page_size" = Option<i64>, Query, description = "Items a page, at most 100")),
-    responses((status = 200, body = Page<User>), (status = 401), (status = 403)))]
+    params(("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
+           ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100")),
+    responses((status = 200, body = Page<User>), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 503)))]
 pub async fn list(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
@@ -122,7 +130,8 @@ pub async fn list(
 /// Creates a user. The password is hashed (argon2id) and never returned.
 #[utoipa::path(post, path = "/api/users/", tag = "users", security(("jwt" = [])),
     request_body = UserIn,
-    responses((status = 201, body = User), (status = 400), (status = 401), (status = 403)))]
+    responses((status = 201, body = User), (status = 400), (status = 401), (status = 403),
+        (status = 413), (status = 415), (status = 503)))]
 pub async fn create(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -163,7 +172,8 @@ pub async fn create(
 /// One user.
 #[utoipa::path(get, path = "/api/users/{id}/", tag = "users", security(("jwt" = [])),
     params(("id" = i64, Path, description = "User id")),
-    responses((status = 200, body = User), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = User), (status = 401), (status = 403), (status = 404),
+        (status = 503)))]
 pub async fn get(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
@@ -182,7 +192,8 @@ pub async fn get(
 /// request, whatever tokens they hold.
 #[utoipa::path(patch, path = "/api/users/{id}/", tag = "users", security(("jwt" = [])),
     params(("id" = i64, Path, description = "User id")), request_body = UserPatch,
-    responses((status = 200, body = User), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = User), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 413), (status = 415), (status = 503)))]
 pub async fn update(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -231,7 +242,9 @@ pub async fn update(
 /// Deactivates a user (kept for the audit trail; tokens stop working at once).
 #[utoipa::path(delete, path = "/api/users/{id}/", tag = "users", security(("jwt" = [])),
     params(("id" = i64, Path, description = "User id")),
-    responses((status = 204), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 204, description = "Deactivated"),
+        (status = 400, description = "An admin may not deactivate themselves"),
+        (status = 401), (status = 403), (status = 404), (status = 503)))]
 pub async fn deactivate(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
