@@ -1,5 +1,5 @@
-//! Test support for threatmon: a real `nats-server -js` per test and a fresh
-//! SQLite or Postgres database per test.
+//! Test support for threatmon: a real `nats-server -js` per test, a fresh
+//! SQLite or Postgres database per test, and an offline headless browser ([`Chromium`]).
 //!
 //! Tests run against the real things (no mocks) so that they exercise the same
 //! JetStream and SQL behaviour as production. Missing prerequisites make the
@@ -10,6 +10,10 @@
 // server or create its database has nothing better to do than panic with a
 // clear message, so `expect`/`unwrap` are the intended error handling here.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+pub mod browser;
+
+pub use browser::Chromium;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -229,3 +229,81 @@ impl TestApi {
         self.send(request).await
     }
 }
+
+/// The real server on a loopback port (over a private nats-server and a fresh database),
+/// for clients outside this process: schemathesis, a browser.
+pub struct ServedApi {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub state: api::State,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl ServedApi {
+    /// Builds the api (port 0: a free one) and serves it in the background.
+    pub async fn start() -> ServedApi {
+        let nats = NatsServer::start();
+        let db = TestDb::new().await;
+        let app = api::Application::build(settings(&nats, &db, &[]))
+            .await
+            .expect("api builds");
+        let addr = app.local_addr().expect("bound address");
+        let state = app.state().clone();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(app.run(shutdown.clone()));
+        ServedApi {
+            nats,
+            db,
+            state,
+            base_url: format!("http://{addr}"),
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// An active user of `role` made straight in the database, and an access token for them.
+    pub async fn user_with_token(&self, username: &str, role: Role) -> (User, String) {
+        let hash = self
+            .state
+            .passwords
+            .hash(&TestApi::password_of(username))
+            .await
+            .unwrap();
+        let user = self
+            .state
+            .storage
+            .create_user(
+                &NewUser {
+                    username: username.to_owned(),
+                    email: format!("{username}@example.com"),
+                    password_hash: hash,
+                    role,
+                    is_active: true,
+                },
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        let (access, _) = self
+            .state
+            .tokens
+            .issue(&user, api::auth::TokenType::Access)
+            .unwrap();
+        (user, access)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(30), server)
+                .await
+                .expect("the api stops within 30 s")
+                .expect("the server task")
+                .expect("the server");
+        }
+    }
+}
