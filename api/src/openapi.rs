@@ -261,7 +261,11 @@ impl Modify for LenientInput {
             Schema::AnyOf(
                 AnyOfBuilder::new()
                     .item(string().enum_values(Some(["true", "True", "1", "false", "False", "0"])))
-                    .item(ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([0, 1])))
+                    .item(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .enum_values(Some([0, 1])),
+                    )
                     .build(),
             )
             .into(),
@@ -273,9 +277,14 @@ impl Modify for LenientInput {
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.put, &mut item.post, &mut item.patch];
             for operation in operations.into_iter().flatten() {
-                for content in operation.request_body.iter_mut().flat_map(|b| b.content.values_mut()) {
+                for content in operation
+                    .request_body
+                    .iter_mut()
+                    .flat_map(|b| b.content.values_mut())
+                {
                     if let Some(RefOr::Ref(reference)) = &content.schema
-                        && let Some(name) = reference.ref_location.strip_prefix("#/components/schemas/")
+                        && let Some(name) =
+                            reference.ref_location.strip_prefix("#/components/schemas/")
                         && let Some(schema @ RefOr::T(Schema::Object(_))) = schemas.get(name)
                     {
                         content.schema = Some(schema.clone());
@@ -297,7 +306,9 @@ pub struct EventIn;
 
 impl utoipa::PartialSchema for EventIn {
     fn schema() -> RefOr<Schema> {
-        let nullable = |kind: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([kind, Type::Null]));
+        let nullable = |kind: Type| {
+            ObjectBuilder::new().schema_type(SchemaType::from_iter([kind, Type::Null]))
+        };
         let name = || {
             string()
                 .min_length(Some(1))
@@ -310,9 +321,25 @@ impl utoipa::PartialSchema for EventIn {
                 "An event as a sensor sends it; unknown fields are ignored. Strings hold no NUL \
                  characters.",
             ))
-            .property("sourceName", or_also(name().description(Some("Which sensor saw it (1–128 characters)")).into(), number()))
+            .property(
+                "sourceName",
+                or_also(
+                    name()
+                        .description(Some("Which sensor saw it (1–128 characters)"))
+                        .into(),
+                    number(),
+                ),
+            )
             .required("sourceName")
-            .property("eventType", or_also(name().description(Some("What kind of thing happened (1–128 characters)")).into(), number()))
+            .property(
+                "eventType",
+                or_also(
+                    name()
+                        .description(Some("What kind of thing happened (1–128 characters)"))
+                        .into(),
+                    number(),
+                ),
+            )
             .required("eventType")
             .property("severity", Ref::from_schema_name("Severity"))
             .required("severity")
@@ -321,7 +348,9 @@ impl utoipa::PartialSchema for EventIn {
                 or_also(
                     nullable(Type::String)
                         .max_length(Some(MAX_DESCRIPTION_BYTES))
-                        .description(Some("Free text, at most 64 KiB of UTF-8; empty when not given"))
+                        .description(Some(
+                            "Free text, at most 64 KiB of UTF-8; empty when not given",
+                        ))
                         .into(),
                     number(),
                 ),
@@ -350,7 +379,8 @@ impl utoipa::PartialSchema for EventIn {
             )
             .property(
                 "attributes",
-                nullable(Type::Object).description(Some("Extra structured data, at most 64 KiB as JSON")),
+                nullable(Type::Object)
+                    .description(Some("Extra structured data, at most 64 KiB as JSON")),
             )
             .into()
     }
@@ -358,7 +388,10 @@ impl utoipa::PartialSchema for EventIn {
 
 impl utoipa::ToSchema for EventIn {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push(("Severity".to_owned(), <common::domain::Severity as utoipa::PartialSchema>::schema()));
+        schemas.push((
+            "Severity".to_owned(),
+            <common::domain::Severity as utoipa::PartialSchema>::schema(),
+        ));
     }
 }
 
@@ -383,7 +416,10 @@ impl utoipa::PartialSchema for EventsIn {
 
 impl utoipa::ToSchema for EventsIn {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push(("EventIn".to_owned(), <EventIn as utoipa::PartialSchema>::schema()));
+        schemas.push((
+            "EventIn".to_owned(),
+            <EventIn as utoipa::PartialSchema>::schema(),
+        ));
         <EventIn as utoipa::ToSchema>::schemas(schemas);
     }
 }

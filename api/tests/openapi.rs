@@ -121,3 +121,89 @@ async fn the_document_lists_every_route_with_its_schemas_and_nothing_else() {
         "an HTML page"
     );
 }
+
+/// What each operation can answer is declared, with DRF's error bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_declares_its_error_statuses_with_their_bodies() {
+    let api = TestApi::start().await;
+    let doc = api.call("GET", "/api/schema/", None, None).await.json;
+    for (method, path) in api::routes::ROUTES {
+        let operation = &doc["paths"][documented(path)][method.to_lowercase()];
+        let responses = operation["responses"].as_object().unwrap();
+        let declares = |status: &str| responses.contains_key(status);
+        let what = format!("{method} {path}");
+        if operation["security"].is_array() {
+            assert!(declares("401"), "{what}: 401");
+            assert!(declares("503"), "{what}: 503 (the database)");
+        }
+        if operation["requestBody"].is_object() {
+            for status in ["400", "413", "415"] {
+                assert!(declares(status), "{what}: {status}");
+            }
+        }
+        let parameters = operation["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if parameters.iter().any(|p| p["name"] == "page") {
+            assert!(declares("400"), "{what}: 400 for a bad page");
+            assert!(declares("404"), "{what}: 404 for a page past the end");
+        }
+        for (status, response) in responses {
+            assert!(
+                !response["description"].as_str().unwrap_or("").is_empty(),
+                "{what}: {status} has no description"
+            );
+            if status.starts_with('4') || status.starts_with('5') {
+                assert!(
+                    response["content"]["application/json"]["schema"].is_object(),
+                    "{what}: {status} has no body schema"
+                );
+            }
+        }
+    }
+    assert!(
+        doc["paths"]["/api/auth/login/"]["post"]["responses"]
+            .get("429")
+            .is_some()
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["Detail"]["required"], serde_json::json!(["detail"]));
+    assert!(schemas["FieldErrors"]["additionalProperties"].is_object());
+}
+
+/// The docs page and its script come from the api itself, with types and cache headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_and_its_script_are_served_by_the_api() {
+    let api = TestApi::start().await;
+    let page = api.call("GET", "/api/docs/", None, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    assert!(page.text.contains(api::openapi::DOCS_SCRIPT_PATH));
+    assert!(!page.text.contains("https://"), "nothing from elsewhere");
+
+    let script = api
+        .call("GET", api::openapi::DOCS_SCRIPT_PATH, None, None)
+        .await;
+    assert_eq!(script.status, StatusCode::OK);
+    assert_eq!(
+        script.headers["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.headers["cache-control"], "public, max-age=86400");
+    // The embedded bundle is the pinned release that the ETag names.
+    let version = format!(" ReDoc Version: \",\"{}\"", api::openapi::REDOC_VERSION);
+    assert!(script.text.contains(&version), "the bundle is {version}");
+    let etag = script.headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"redoc-{}\"", api::openapi::REDOC_VERSION));
+
+    let request = axum::http::Request::builder()
+        .uri(api::openapi::DOCS_SCRIPT_PATH)
+        .header("if-none-match", &etag)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let cached = api.send(request).await;
+    assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+    assert!(cached.text.is_empty());
+}

@@ -27,7 +27,13 @@ pub struct AlertPatch {
     /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
     pub status: AlertStatus,
     /// Why, kept in the history (at most 2000 characters).
-    #[schema(required = false, nullable = false, min_length = 1, max_length = 2000, pattern = r"\S")]
+    #[schema(
+        required = false,
+        nullable = false,
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"\S"
+    )]
     pub note: Option<String>,
 }
 

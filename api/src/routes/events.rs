@@ -134,9 +134,10 @@ pub async fn create(
             // The uid becomes the Nats-Msg-Id header, which cannot hold CR or LF (async-nats
             // panics on them): refuse it here rather than fail the publish.
             Ok(event)
-                if event.uid.as_deref().is_some_and(|uid| {
-                    uid.parse::<async_nats::header::HeaderValue>().is_err()
-                }) =>
+                if event
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| uid.parse::<async_nats::header::HeaderValue>().is_err()) =>
             {
                 let mut bad = FieldErrors::new();
                 bad.add("uid", "Line breaks are not allowed.");

@@ -239,7 +239,8 @@ pub async fn update(
     Ok(Json(user))
 }
 
-/// Deactivates a user (kept for the audit trail; tokens stop working at once).
+/// Deactivates a user (kept for the audit trail, and still readable with `is_active` false;
+/// their tokens stop working at once).
 #[utoipa::path(delete, path = "/api/users/{id}/", tag = "users", security(("jwt" = [])),
     params(("id" = i64, Path, description = "User id")),
     responses((status = 204, description = "Deactivated"),
