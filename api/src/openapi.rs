@@ -155,13 +155,19 @@ impl Modify for ErrorBodies {
                     let RefOr::T(response) = response else {
                         continue;
                     };
-                    if !(status.starts_with('4') || status.starts_with('5')) {
-                        continue;
-                    }
+                    // OpenAPI requires a description: one the route left out is the status's
+                    // usual meaning here, or its reason phrase.
                     if response.description.is_empty()
-                        && let Some(description) = error_description(status)
+                        && let Some(description) = error_description(status).or_else(|| {
+                            StatusCode::from_bytes(status.as_bytes())
+                                .ok()
+                                .and_then(|code| code.canonical_reason())
+                        })
                     {
                         response.description = description.to_owned();
+                    }
+                    if !(status.starts_with('4') || status.starts_with('5')) {
+                        continue;
                     }
                     if response.content.is_empty() {
                         let schema = if status == "400" { BAD_REQUEST } else { DETAIL };
