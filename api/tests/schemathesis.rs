@@ -1,6 +1,6 @@
 //! schemathesis over every operation of `/api/schema/`, against the real server with an
-//! admin's token, with every check (`--checks all`): any finding fails the test, with
-//! schemathesis's report. The settings and their few, argued exceptions are in
+//! admin's token, with every check (`--checks all`, but one argued below): any finding fails
+//! the test, with schemathesis's report. The settings and their few, argued exceptions are in
 //! `tests/schemathesis/schemathesis.toml`.
 //!
 //! schemathesis comes from the venv that `./scripts/tools` makes (scripts/test runs it and
@@ -85,6 +85,12 @@ async fn schemathesis_finds_nothing_in_any_operation() {
         .arg("run")
         .arg(format!("{}/api/schema/", api.base_url))
         .args(["--checks", "all"])
+        // The api's one DELETE, DELETE /api/users/{id}/, deactivates: the user is kept for
+        // the audit trail and stays readable (is_active false), as documented, so a user
+        // "still there" after it is by design, not a use-after-free. (Only on the command
+        // line: it overrides the config file's check settings, and the stateful phase, the
+        // only one with this check, reads no per-operation ones.)
+        .args(["--exclude-checks", "use_after_free"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--max-examples", MAX_EXAMPLES])
         // No NUL characters: PostgreSQL text cannot hold them, so the api refuses them in
