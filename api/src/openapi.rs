@@ -209,6 +209,7 @@ const NUMBERS_AS_TEXT: &[(&str, &str)] = &[
     ("RefreshIn", "refresh"),
     ("UserIn", "username"),
     ("AlertPatch", "note"),
+    ("AlertPartialPatch", "note"),
 ];
 
 fn or_also(schema: RefOr<Schema>, other: impl Into<RefOr<Schema>>) -> RefOr<Schema> {

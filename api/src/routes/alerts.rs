@@ -37,6 +37,23 @@ pub struct AlertPatch {
     pub note: Option<String>,
 }
 
+/// A partial status change (PATCH): every field optional; an empty body changes nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AlertPartialPatch {
+    /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
+    #[schema(required = false, nullable = false, inline)]
+    pub status: Option<AlertStatus>,
+    /// Why, kept in the history (at most 2000 characters).
+    #[schema(
+        required = false,
+        nullable = false,
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"\S"
+    )]
+    pub note: Option<String>,
+}
+
 /// The orderings `?ordering=` takes, for the document ([`ordering`] reads them).
 #[derive(Debug, Deserialize, ToSchema)]
 pub enum AlertOrderingParam {
@@ -190,7 +207,7 @@ async fn change_status(
 /// Changes an alert's status (`{"status": …, "note": …}`); the change is recorded (who,
 /// when, from, to, note) and published on `alerts.updated.<status>`.
 #[utoipa::path(patch, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
+    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPartialPatch,
     responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403),
         (status = 404), (status = 413), (status = 415), (status = 503)))]
 pub async fn patch(
