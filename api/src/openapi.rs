@@ -277,28 +277,6 @@ impl Modify for LenientInput {
             )
             .into(),
         );
-        // Request bodies carry their schema inline rather than by reference: schemathesis
-        // (4.32) takes every property of a referenced body schema as required, and reports a
-        // body without an optional field being accepted.
-        let schemas = components.schemas.clone();
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [&mut item.put, &mut item.post, &mut item.patch];
-            for operation in operations.into_iter().flatten() {
-                for content in operation
-                    .request_body
-                    .iter_mut()
-                    .flat_map(|b| b.content.values_mut())
-                {
-                    if let Some(RefOr::Ref(reference)) = &content.schema
-                        && let Some(name) =
-                            reference.ref_location.strip_prefix("#/components/schemas/")
-                        && let Some(schema @ RefOr::T(Schema::Object(_))) = schemas.get(name)
-                    {
-                        content.schema = Some(schema.clone());
-                    }
-                }
-            }
-        }
     }
 }
 
