@@ -477,7 +477,7 @@ const DOCS_HTML: &str = r#"<!doctype html>
 <style>body { margin: 0; padding: 0; }</style>
 </head>
 <body>
-<redoc spec-url="/api/schema/" hide-download-button="false"></redoc>
+<redoc spec-url="/api/schema/"></redoc>
 <script src="/api/docs/redoc.standalone.js"></script>
 </body>
 </html>
