@@ -31,6 +31,7 @@ use common::subjects;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -99,6 +100,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Defence in depth: a handler that panics (a bug) answers a DRF-shaped 500 instead
+        // of dropping the client's connection, and the panic is logged.
+        .layer(CatchPanicLayer::custom(answer_panic))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
@@ -307,6 +311,13 @@ async fn purge_revoked_tokens(storage: Storage, shutdown: CancellationToken) {
             Err(err) => tracing::warn!(error = %err, "purging revoked tokens failed"),
         }
     }
+}
+
+/// The answer to a request whose handler panicked: logged, and a bare 500 to the client.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = common::worker::panic_message(panic.as_ref());
+    error::ApiError::internal(format!("a request handler panicked: {message}")).into_response()
 }
 
 /// Counts every request by method, route (the pattern, not the raw path) and status, and

@@ -109,14 +109,14 @@ async fn main() -> ExitCode {
             let app = match api::Application::build(cli.settings).await {
                 Ok(app) => app,
                 Err(err) => {
-                    eprintln!("api: {err}");
+                    eprintln!("api: {}", common::telemetry::error_chain(&err));
                     return ExitCode::FAILURE;
                 }
             };
             match app.run(shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("api: {err}");
+                    eprintln!("api: {}", common::telemetry::error_chain(&err));
                     ExitCode::FAILURE
                 }
             }

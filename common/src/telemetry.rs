@@ -15,3 +15,20 @@ pub fn init(default_filter: &str) {
         builder.try_init()
     };
 }
+
+/// An error and its whole chain of causes on one line: "a: b: c". For logs and dead-letter
+/// reasons, where the outermost message alone often hides what went wrong.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

@@ -11,6 +11,10 @@
 // clear message, so `expect`/`unwrap` are the intended error handling here.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod outage;
+
+pub use outage::{DbOutage, TcpProxy};
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;

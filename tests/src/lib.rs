@@ -120,7 +120,11 @@ impl Pipeline {
 
     /// Starts an ingestor escalating from `min`.
     pub fn start_ingestor(&self, min: Severity) -> RunningWorker {
-        let settings = self.ingestor_settings(min);
+        self.start_ingestor_with(self.ingestor_settings(min))
+    }
+
+    /// Starts an ingestor with these settings.
+    pub fn start_ingestor_with(&self, settings: ingestor::Settings) -> RunningWorker {
         spawn_worker(|token| async move {
             ingestor::run(settings, token)
                 .await
@@ -130,7 +134,11 @@ impl Pipeline {
 
     /// Starts an alerter.
     pub fn start_alerter(&self) -> RunningWorker {
-        let settings = self.alerter_settings();
+        self.start_alerter_with(self.alerter_settings())
+    }
+
+    /// Starts an alerter with these settings.
+    pub fn start_alerter_with(&self, settings: alerter::Settings) -> RunningWorker {
         spawn_worker(|token| async move {
             alerter::run(settings, token).await.expect("alerter failed");
         })

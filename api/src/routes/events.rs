@@ -159,8 +159,9 @@ pub async fn create(
     }
     match tokio::time::timeout(PUBLISH_TIMEOUT, bus::publish_all(&state.js, outgoing)).await {
         Ok(Ok(_)) => {}
+        Ok(Err(err)) if !err.is_transient() => return Err(ApiError::internal(err)),
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "publishing events failed");
+            tracing::warn!(error = %common::telemetry::error_chain(&err), "publishing events failed");
             return Err(ApiError::Unavailable(
                 "The event bus is unavailable, try again later.",
             ));

@@ -107,6 +107,14 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StorageError::Unavailable(_))
     }
+
+    /// An error getting a connection or starting a transaction: never the data's fault, so
+    /// always transient. (A server refusing connections answers with a database error, such
+    /// as "database is not currently accepting connections", that would otherwise read as a
+    /// refusal of the data and dead-letter what is only waiting for the database.)
+    pub(crate) fn connecting(err: sqlx::Error) -> StorageError {
+        StorageError::Unavailable(err)
+    }
 }
 
 impl From<sqlx::Error> for StorageError {
