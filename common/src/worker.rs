@@ -368,7 +368,11 @@ pub async fn process_isolating<S: GroupStep + Sync>(
         match outcome {
             Ok(()) => settlement.ack.extend(group.into_iter().map(&message_of)),
             Err(StepFailure::Transient(reason)) => {
-                tracing::warn!(error = %reason, size = group.len(), "step failed; retrying later");
+                tracing::warn!(
+                    error = %bus::header_safe(&reason).as_str(),
+                    size = group.len(),
+                    "step failed; retrying later"
+                );
                 settlement.retry.extend(group.into_iter().map(&message_of));
             }
             Err(StepFailure::Refused(reason)) if group.len() == 1 => {

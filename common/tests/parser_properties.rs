@@ -7,7 +7,8 @@
 use common::bus::header_safe;
 use common::domain::{EventIn, EventRejection, identifier_problem};
 use proptest::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use testkit::strategies::{json_value, nasty_string};
 
 /// Fields the parser knows, so that generated objects hit them often.
 const FIELDS: [&str; 7] = [
@@ -19,36 +20,6 @@ const FIELDS: [&str; 7] = [
     "occurred_at",
     "attributes",
 ];
-
-/// Strings that break things: control characters, NUL, DEL, C1, U+FFFD, line separators,
-/// long runs (64 KiB and more), and anything at all.
-fn nasty_string() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<String>(),
-        "[\\x00-\\x1f\\x7f-\\u{9f}]{0,40}",
-        "[a-z \\r\\n\\t\\x00\\x7f\\u{85}\\u{2028}\\u{fffd}]{0,40}",
-        prop::sample::select(vec!["HIGH", "LOW", "MEDIUM", "CRITICAL", "high", " HIGH "])
-            .prop_map(str::to_owned),
-        (any::<char>(), 60_000usize..70_000).prop_map(|(c, n)| c.to_string().repeat(n / 4)),
-    ]
-}
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        nasty_string().prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((nasty_string(), inner), 0..6)
-                .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>())),
-        ]
-    })
-}
 
 /// An object whose keys are mostly the parser's own fields.
 fn event_like() -> impl Strategy<Value = Value> {

@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod outage;
+pub mod strategies;
 
 pub use outage::{DbOutage, TcpProxy};
 
