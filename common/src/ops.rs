@@ -269,7 +269,7 @@ pub fn exposition_problems(text: &str) -> Vec<String> {
     for (name, kind) in &types {
         match help.get(name) {
             None => problems.push(format!("{name}: no # HELP")),
-            Some(doc) if doc.is_empty() => problems.push(format!("{name}: empty # HELP")),
+            Some(&"") => problems.push(format!("{name}: empty # HELP")),
             Some(_) => {}
         }
         match (*kind, name.ends_with("_total")) {
