@@ -31,7 +31,7 @@ use support::{Resp, TestApi};
 
 /// Cases per route: enough to meet each kind of input several times, few enough that the
 /// run (twice in CI, on SQLite and on Postgres) stays well under a minute.
-const CASES: u32 = 256;
+const CASES: u32 = 192;
 
 /// How long a response body may take (a live stream's is not read).
 const BODY_PATIENCE: Duration = Duration::from_secs(2);
@@ -565,6 +565,31 @@ fn check(resp: &Resp, complete: bool) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// True when a path id, once decoded as the router decodes it, is `id` (`1`, `+1`, `%2B01`).
+fn names(raw: &str, id: i64) -> bool {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).parse::<i64>() == Ok(id)
+}
+
 /// How a value shows in a failure report: long strings shortened.
 fn shorten(debug: String) -> String {
     if debug.chars().count() > 2000 {
@@ -625,7 +650,7 @@ fn no_query_path_or_body_on_any_route_gets_a_5xx_or_a_4xx_outside_drf_shape() {
         let result = runner.run(&strategy, |case| {
             // The admin's own account is never the one a users route changes: a
             // deactivated admin would turn the rest of the run into 401s.
-            if path.starts_with("/api/users/") && case.id == admin_user.id.to_string() {
+            if path.starts_with("/api/users/") && names(&case.id, admin_user.id) {
                 return Ok(());
             }
             let Some(request) = request(method, path, &case, &token) else {
