@@ -325,9 +325,9 @@ impl Storage {
                 return Ok(());
             };
             let busy = migrate_error_is_lock(&err);
-            // A loser of the race fails on what the winner committed; the count it
-            // committed shows the winner was there. It grows at most once per migration, so
-            // retrying on it ends.
+            // A loser of the race fails on what the winner committed, and the count of
+            // applied migrations shows the winner was there. It can grow only as often as
+            // there are migrations, so retrying on it ends.
             let raced = !busy && self.applied_migrations().await > applied_before;
             if !(busy || raced) || tokio::time::Instant::now() >= deadline {
                 return Err(err.into());
