@@ -173,6 +173,30 @@ async fn three_services_migrating_one_new_database_at_once_all_start() {
     }
 }
 
+/// The losers of a race to migrate a new SQLite file fail with "database is locked", with
+/// "UNIQUE constraint failed: _sqlx_migrations.version", or (migration 4's ALTER TABLE) with
+/// "duplicate column name": each must retry and start, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_migrators_on_new_databases_all_start_round_after_round() {
+    for round in 0..8 {
+        let db = TestDb::new().await;
+        let migrators: Vec<_> = (0..4)
+            .map(|_| {
+                let url = db.url().to_owned();
+                tokio::spawn(async move { Storage::connect_and_migrate(&url).await })
+            })
+            .collect();
+        for migrator in migrators {
+            let storage = migrator
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            assert_eq!(storage.count_events().await.unwrap(), 0);
+            storage.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_migration_that_cannot_apply_is_reported_at_once_with_its_cause() {
     let db = TestDb::new().await;
