@@ -109,6 +109,7 @@ async fn main() -> ExitCode {
             let app = match api::Application::build(cli.settings).await {
                 Ok(app) => app,
                 Err(err) => {
+                    // One line naming the setting, with every cause after it.
                     eprintln!("api: {}", common::telemetry::error_chain(&err));
                     return ExitCode::FAILURE;
                 }
@@ -116,7 +117,7 @@ async fn main() -> ExitCode {
             match app.run(shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("api: {}", common::telemetry::error_chain(&err));
+                    eprintln!("api: {err}");
                     ExitCode::FAILURE
                 }
             }

@@ -13,7 +13,7 @@ use common::subjects;
 use serde_json::Value;
 
 use crate::auth::AdminUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, OrInternal};
 use crate::input::{JsonBody, Params};
 use crate::pagination::{Page, PageRequest};
 use crate::routes::{PathId, parse_id};
@@ -155,7 +155,7 @@ pub async fn create(
     let mut outgoing = Vec::with_capacity(accepted.len());
     for event in &accepted {
         let uid = event.uid.clone().unwrap_or_default();
-        outgoing.push(Outgoing::json(subject.clone(), uid, event).map_err(ApiError::internal)?);
+        outgoing.push(Outgoing::json(subject.clone(), uid, event).or_internal()?);
     }
     match tokio::time::timeout(PUBLISH_TIMEOUT, bus::publish_all(&state.js, outgoing)).await {
         Ok(Ok(_)) => {}
@@ -179,6 +179,6 @@ pub async fn create(
     } else {
         serde_json::to_value(accepted.first())
     }
-    .map_err(ApiError::internal)?;
+    .or_internal()?;
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
