@@ -17,8 +17,9 @@ use common::subjects;
 use common::worker::{self, Source};
 use serde_json::{Value, json};
 use testkit::{DbOutage, eventually};
-use threatmon_tests::{PATIENCE, Pipeline, TEST_ACK_WAIT, count_at_least, mixed_events};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use threatmon_tests::{
+    PATIENCE, Pipeline, TEST_ACK_WAIT, count_at_least, mixed_events, publish_with_raw_header,
+};
 use tokio_util::sync::CancellationToken;
 
 /// A HIGH event from `fw1` with these fields replaced.
@@ -52,42 +53,6 @@ async fn publish_raw(pipeline: &Pipeline, subject: &str, body: Bytes, msg_id: Op
         .unwrap()
         .await
         .unwrap();
-}
-
-/// Publishes over the NATS protocol itself, bypassing the client's checks: an `HPUB` whose
-/// `Nats-Msg-Id` value holds a lone carriage return, which no client library lets through.
-async fn publish_with_raw_header(port: u16, subject: &str, header_value: &[u8], body: &[u8]) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut info = vec![0u8; 4096];
-    let _ = stream.read(&mut info).await.unwrap();
-    let mut headers = b"NATS/1.0\r\nNats-Msg-Id: ".to_vec();
-    headers.extend_from_slice(header_value);
-    headers.extend_from_slice(b"\r\n\r\n");
-    let mut frame = format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}}\r\n\
-         HPUB {subject} {} {}\r\n",
-        headers.len(),
-        headers.len() + body.len()
-    )
-    .into_bytes();
-    frame.extend_from_slice(&headers);
-    frame.extend_from_slice(body);
-    frame.extend_from_slice(b"\r\nPING\r\n");
-    stream.write_all(&frame).await.unwrap();
-    // PONG: the server has processed the publish before it.
-    let mut reply = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !String::from_utf8_lossy(&reply).contains("PONG") {
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("the server answers PING")
-            .unwrap();
-        assert!(n > 0, "the server closed the connection: {reply:?}");
-        reply.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// The `deadletter.ingest` letters, with their reasons.
