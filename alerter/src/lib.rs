@@ -13,9 +13,9 @@ use common::bus::{self, BusError, Outgoing};
 use common::config::{Connections, Pulling};
 use common::domain::{Alert, Event};
 use common::ops;
-use common::storage::{Storage, StorageError};
+use common::storage::Storage;
 use common::subjects::{self, STAGE_ALERT};
-use common::worker::{self, Settlement, Source};
+use common::worker::{self, DeadLetters, GroupStep, Settlement, Source, StepFailure};
 use tokio_util::sync::CancellationToken;
 
 /// The alerter's settings.
@@ -45,26 +45,46 @@ pub use common::worker::StartError;
 pub struct Alerter {
     storage: Storage,
     js: jetstream::Context,
+    letters: DeadLetters,
 }
 
-struct Escalation {
+/// An escalation that decoded, with the message it came in.
+pub struct Escalation {
     message: jetstream::Message,
     event: Event,
 }
 
 impl Alerter {
-    /// An alerter over an open database and a JetStream context.
+    /// An alerter over an open database and a JetStream context, giving up on a message
+    /// that keeps failing after the default `MAX_DELIVER` (5) deliveries.
     pub fn new(storage: Storage, js: jetstream::Context) -> Self {
-        Alerter { storage, js }
+        let letters = DeadLetters {
+            js: js.clone(),
+            stage: STAGE_ALERT,
+            worker: "alerter",
+            max_deliver: 5,
+        };
+        Alerter {
+            storage,
+            js,
+            letters,
+        }
+    }
+
+    /// Gives up on a message that keeps failing after `max_deliver` deliveries.
+    pub fn with_max_deliver(mut self, max_deliver: u32) -> Self {
+        self.letters.max_deliver = max_deliver;
+        self
     }
 
     /// Handles one batch completely: creates, notifies, dead-letters, then acknowledges.
     pub async fn handle_batch(&self, batch: Vec<jetstream::Message>) {
-        self.process(batch).await.apply("alerter").await;
+        self.process(batch).await.apply(&self.letters).await;
     }
 
-    /// Does everything a batch causes except acknowledging it, and says how to settle each
-    /// message. Tests call this to stop "just before the ack", as a crash would.
+    /// Does everything a batch causes except settling it (dead letters, acknowledgements),
+    /// and says how to settle each message. Tests call this to stop "just before the ack",
+    /// as a crash would.
     pub async fn process(&self, batch: Vec<jetstream::Message>) -> Settlement {
         let mut settlement = Settlement::default();
         let mut escalations = Vec::with_capacity(batch.len());
@@ -74,98 +94,58 @@ impl Alerter {
             match serde_json::from_slice::<Event>(&message.payload) {
                 Ok(event) => escalations.push(Escalation { message, event }),
                 Err(err) => {
-                    let reason = format!("not an escalated event: {err}");
-                    self.dead_letter(message, &reason, &mut settlement).await;
+                    settlement.dead_letter(message, format!("not an escalated event: {err}"))
                 }
             }
         }
-        self.create_and_notify(escalations, &mut settlement).await;
+        worker::process_isolating(self, escalations, &mut settlement).await;
         settlement
     }
 
-    async fn dead_letter(
-        &self,
-        message: jetstream::Message,
-        reason: &str,
-        settlement: &mut Settlement,
-    ) {
-        tracing::warn!(subject = %message.subject, reason, "dead-lettering a message");
-        match bus::dead_letter(&self.js, STAGE_ALERT, &message, reason).await {
-            Ok(()) => {
-                metrics::counter!(ops::DEADLETTERS, "stage" => STAGE_ALERT).increment(1);
-                settlement.ack.push(message);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "dead letter not acknowledged; retrying later");
-                settlement.retry.push(message);
-            }
-        }
-    }
-
-    async fn create_and_notify(&self, escalations: Vec<Escalation>, settlement: &mut Settlement) {
-        // Usually one pass; when the database refuses the batch (say, an escalation of an
-        // event it does not hold), each is tried alone so that only the culprit is
-        // dead-lettered.
-        let mut groups = vec![escalations];
-        while let Some(group) = groups.pop() {
-            if group.is_empty() {
-                continue;
-            }
-            let events: Vec<Event> = group.iter().map(|e| e.event.clone()).collect();
-            match self.storage.create_alerts(&events, Utc::now()).await {
-                Ok(created) => match self.notify(&created.alerts).await {
-                    Ok(()) => {
-                        metrics::counter!(ops::ALERTS_CREATED).increment(created.newly_created);
-                        metrics::counter!(ops::ALERT_NOTIFICATIONS)
-                            .increment(created.alerts.len() as u64);
-                        tracing::debug!(
-                            escalations = group.len(),
-                            new = created.newly_created,
-                            "alerts created"
-                        );
-                        settlement.ack.extend(group.into_iter().map(|e| e.message));
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "notification not acknowledged; retrying the batch later");
-                        settlement
-                            .retry
-                            .extend(group.into_iter().map(|e| e.message));
-                    }
-                },
-                Err(StorageError::Rejected(err)) if group.len() == 1 => {
-                    let reason = format!("the database refused the alert: {err}");
-                    for e in group {
-                        self.dead_letter(e.message, &reason, settlement).await;
-                    }
-                }
-                Err(StorageError::Rejected(_)) => {
-                    groups.extend(group.into_iter().map(|e| vec![e]));
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "creating alerts failed; retrying the batch later");
-                    settlement
-                        .retry
-                        .extend(group.into_iter().map(|e| e.message));
-                }
-            }
-        }
+    /// Creates the alerts of a group in one transaction and publishes their notifications.
+    async fn create_and_notify(&self, group: &[Escalation]) -> Result<(), StepFailure> {
+        let events: Vec<Event> = group.iter().map(|e| e.event.clone()).collect();
+        let created = self
+            .storage
+            .create_alerts(&events, Utc::now())
+            .await
+            .map_err(|err| worker::storage_failure("alert", &err))?;
+        self.notify(&created.alerts)
+            .await
+            .map_err(|err| worker::bus_failure(&err))?;
+        metrics::counter!(ops::ALERTS_CREATED).increment(created.newly_created);
+        metrics::counter!(ops::ALERT_NOTIFICATIONS).increment(created.alerts.len() as u64);
+        tracing::debug!(
+            escalations = group.len(),
+            new = created.newly_created,
+            "alerts created"
+        );
+        Ok(())
     }
 
     async fn notify(&self, alerts: &[Alert]) -> Result<(), BusError> {
         let mut outgoing = Vec::with_capacity(alerts.len());
         for alert in alerts {
             let subject = subjects::alert_created_subject(alert.severity);
-            let message =
-                Outgoing::json(subject.clone(), alert.id.to_string(), alert).map_err(|e| {
-                    BusError::Publish {
-                        subject,
-                        reason: e.to_string(),
-                    }
-                })?;
-            outgoing.push(message);
+            outgoing.push(Outgoing::json(subject, alert.id.to_string(), alert)?);
         }
         bus::publish_all(&self.js, outgoing).await?;
         Ok(())
+    }
+}
+
+impl GroupStep for Alerter {
+    type Item = Escalation;
+
+    fn process_group(
+        &self,
+        group: &[Escalation],
+    ) -> impl Future<Output = Result<(), StepFailure>> + Send {
+        self.create_and_notify(group)
+    }
+
+    fn into_message(item: Escalation) -> jetstream::Message {
+        item.message
     }
 }
 
@@ -176,7 +156,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         database = %common::storage::redact_url(&settings.connections.database_url),
         "alerter started"
     );
-    let alerter = Alerter::new(connected.storage.clone(), connected.js.clone());
+    let alerter = Alerter::new(connected.storage.clone(), connected.js.clone())
+        .with_max_deliver(settings.pulling.max_deliver);
     let source = Source {
         stream: subjects::ESCALATIONS_STREAM,
         consumer: subjects::alerter_consumer(settings.pulling.ack_wait()),

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match alerter::run(settings, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("alerter: {err}");
+            eprintln!("alerter: {}", common::telemetry::error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }

@@ -31,12 +31,14 @@ use common::subjects;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{LoginLimiter, Passwords, Tokens, check_password_policy};
+use crate::auth::{LoginLimiter, PasswordPolicyError, Passwords, Tokens, check_password_policy};
+use crate::error::ApiError;
 use crate::input::MAX_BODY_BYTES;
 use crate::settings::Settings;
 use crate::state::{AppState, Shared};
@@ -50,21 +52,28 @@ pub enum StartError {
     #[error("SECRET_KEY is required (at least 32 bytes): set it in the environment or .env")]
     MissingSecretKey,
     /// The database (`DATABASE_URL`) could not be opened or migrated.
-    #[error("DATABASE_URL: {0}")]
+    #[error("DATABASE_URL")]
     Database(#[from] StorageError),
     /// NATS (`NATS_URL`) could not be reached or set up.
-    #[error("NATS_URL: {0}")]
+    #[error("NATS_URL")]
     Nats(#[from] BusError),
-    /// `ADMIN_USERNAME`/`ADMIN_PASSWORD` could not be used.
+    /// `ADMIN_PASSWORD` does not meet the password policy.
+    #[error("ADMIN_PASSWORD")]
+    AdminPassword(#[source] PasswordPolicyError),
+    /// `ADMIN_USERNAME`/`ADMIN_PASSWORD` may not be used with these settings.
     #[error("ADMIN_PASSWORD: {0}")]
-    Admin(String),
+    Admin(&'static str),
+    /// The password hasher could not be set up or could not hash `ADMIN_PASSWORD`.
+    #[error("ADMIN_PASSWORD: cannot hash the password")]
+    Hashing(#[source] ApiError),
     /// `API_ADDR` could not be bound.
-    #[error("API_ADDR: cannot listen on {addr}: {reason}")]
+    #[error("API_ADDR: cannot listen on {addr}")]
     Bind {
         /// Where.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -100,6 +109,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Defence in depth: a handler that panics (a bug) answers a DRF-shaped 500 instead
+        // of dropping the client's connection, and the panic is logged.
+        .layer(CatchPanicLayer::custom(answer_panic))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
@@ -157,7 +169,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         .await?;
     // One hash at a time: each holds 12 MiB of argon2 memory, the api's budget is 64 MiB,
     // and one core still checks ~65 logins a second (the original managed 3).
-    let passwords = Passwords::new(1).map_err(|e| StartError::Admin(e.to_string()))?;
+    let passwords = Passwords::new(1).map_err(StartError::Hashing)?;
     let state = AppState::new(Shared {
         tokens: Tokens::new(&secret, settings.access_ttl(), settings.refresh_ttl()),
         limiter: LoginLimiter::new(
@@ -196,8 +208,7 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
     if state.settings.local_quickstart {
         if !state.settings.api_addr.ip().is_loopback() {
             return Err(StartError::Admin(
-                "LOCAL_QUICKSTART allows a weak admin password only when API_ADDR is a loopback address"
-                    .to_owned(),
+                "LOCAL_QUICKSTART allows a weak admin password only when API_ADDR is a loopback address",
             ));
         }
         if check_password_policy(password.expose(), username).is_err() {
@@ -207,14 +218,13 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
             );
         }
     } else {
-        check_password_policy(password.expose(), username)
-            .map_err(|e| StartError::Admin(e.to_string()))?;
+        check_password_policy(password.expose(), username).map_err(StartError::AdminPassword)?;
     }
     let password_hash = state
         .passwords
         .hash(password.expose())
         .await
-        .map_err(|e| StartError::Admin(e.to_string()))?;
+        .map_err(StartError::Hashing)?;
     let user = NewUser {
         username: username.to_owned(),
         email: String::new(),
@@ -248,10 +258,7 @@ impl Application {
         let state = build_state(settings).await?;
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| StartError::Bind {
-                addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(|source| StartError::Bind { addr, source })?;
         Ok(Application { listener, state })
     }
 
@@ -308,6 +315,13 @@ async fn purge_revoked_tokens(storage: Storage, shutdown: CancellationToken) {
             Err(err) => tracing::warn!(error = %err, "purging revoked tokens failed"),
         }
     }
+}
+
+/// The answer to a request whose handler panicked: logged, and a bare 500 to the client.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = common::worker::panic_message(panic.as_ref());
+    error::ApiError::internal(format!("a request handler panicked: {message}")).into_response()
 }
 
 /// Counts every request by method, route (the pattern, not the raw path) and status, and

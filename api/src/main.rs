@@ -109,7 +109,8 @@ async fn main() -> ExitCode {
             let app = match api::Application::build(cli.settings).await {
                 Ok(app) => app,
                 Err(err) => {
-                    eprintln!("api: {err}");
+                    // One line naming the setting, with every cause after it.
+                    eprintln!("api: {}", common::telemetry::error_chain(&err));
                     return ExitCode::FAILURE;
                 }
             };

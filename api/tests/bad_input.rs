@@ -138,7 +138,6 @@ fn expect(kind: Kind, value: &Value) -> Outcome {
         },
         Kind::Object => match value {
             Value::Null => Outcome::Accepted,
-            Value::Object(_) if value.to_string().contains("\\u0000") => refused(NULL_CHARS),
             Value::Object(_) => Outcome::Accepted,
             other => refused(&format!(
                 "Expected a dictionary of items but got type \"{}\".",
@@ -148,7 +147,10 @@ fn expect(kind: Kind, value: &Value) -> Outcome {
         _ => match value {
             Value::Null if matches!(kind, Kind::Description | Kind::Uid) => Outcome::Accepted,
             Value::Null => refused(NOT_NULL),
-            Value::String(s) if s.contains('\0') => refused(NULL_CHARS),
+            // Free text may hold any character, NUL included; names and keys may not.
+            Value::String(s) if s.contains('\0') && kind != Kind::Description => {
+                refused(NULL_CHARS)
+            }
             Value::String(s) => text(kind, s),
             // Numbers are text, as DRF's CharField has them.
             Value::Number(n) => text(kind, &n.to_string()),

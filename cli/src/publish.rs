@@ -298,7 +298,9 @@ async fn publish_once(
     message: &Outgoing,
 ) -> Result<PublishAckFuture, String> {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, message.msg_id.as_str());
+    let msg_id =
+        common::bus::exact_header_value(MSG_ID_HEADER, &message.msg_id).map_err(|e| chain(&e))?;
+    headers.insert(MSG_ID_HEADER, msg_id);
     js.publish_with_headers(message.subject.clone(), headers, message.payload.clone())
         .await
         .map_err(|e| chain(&e))

@@ -19,34 +19,80 @@ pub const ORIGINAL_STREAM_HEADER: &str = "Threatmon-Original-Stream";
 /// JetStream's idempotency header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
-/// Longest reason kept in a dead letter's header.
-const MAX_REASON_BYTES: usize = 2048;
+/// Longest header value we write (a dead letter's reason), in bytes, before the ellipsis.
+const MAX_HEADER_VALUE_BYTES: usize = 2048;
+
+/// An error from the NATS client, kept whole as the source of a [`BusError`].
+pub type ClientError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What can go wrong with NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The server could not be reached.
-    #[error("cannot connect to NATS at {url}: {reason}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         /// Where we tried.
         url: String,
         /// What the client said.
-        reason: String,
+        #[source]
+        source: async_nats::ConnectError,
     },
     /// Declaring a stream or consumer failed.
-    #[error("JetStream setup failed: {0}")]
-    Setup(String),
+    #[error("JetStream setup failed: {what}")]
+    Setup {
+        /// What was being declared.
+        what: String,
+        /// What the client said.
+        #[source]
+        source: ClientError,
+    },
     /// A publish was not acknowledged by the stream (timeout, no stream, server gone).
-    #[error("publish to {subject} not acknowledged: {reason}")]
+    #[error("publish to {subject} not acknowledged")]
     Publish {
         /// Where it went.
         subject: String,
         /// What the client said.
-        reason: String,
+        #[source]
+        source: ClientError,
     },
-    /// Acknowledging a delivery failed.
-    #[error("acknowledging a message failed: {0}")]
-    Ack(String),
+    /// A value cannot be a NATS header value (it holds CR or LF). Not transient: the same
+    /// value fails again.
+    #[error("the {name} header cannot hold this value")]
+    InvalidHeader {
+        /// Which header.
+        name: &'static str,
+        /// What the client said.
+        #[source]
+        source: async_nats::header::ParseHeaderValueError,
+    },
+    /// A message body could not be encoded. Not transient.
+    #[error("cannot encode a message for {subject}")]
+    Encode {
+        /// Where it was going.
+        subject: String,
+        /// What the encoder said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl BusError {
+    /// True when trying the same work again later may succeed: the broker was away, slow or
+    /// restarting. A value the protocol cannot carry fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BusError::Connect { .. } | BusError::Setup { .. } | BusError::Publish { .. } => true,
+            BusError::InvalidHeader { .. } | BusError::Encode { .. } => false,
+        }
+    }
+
+    /// A [`BusError::Setup`] for `what`.
+    pub fn setup(what: impl Into<String>, source: impl Into<ClientError>) -> Self {
+        BusError::Setup {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Connects to NATS, retrying for up to `patience` so that services started alongside the
@@ -80,7 +126,7 @@ pub async fn connect(
             Err(err) => {
                 return Err(BusError::Connect {
                     url: url.to_owned(),
-                    reason: err.to_string(),
+                    source: err,
                 });
             }
         }
@@ -106,13 +152,16 @@ impl Outgoing {
         subject: String,
         msg_id: String,
         value: &impl serde::Serialize,
-    ) -> Result<Self, serde_json::Error> {
-        Ok(Outgoing {
-            subject,
-            msg_id,
-            payload: Bytes::from(serde_json::to_vec(value)?),
-            headers: HeaderMap::new(),
-        })
+    ) -> Result<Self, BusError> {
+        match serde_json::to_vec(value) {
+            Ok(payload) => Ok(Outgoing {
+                subject,
+                msg_id,
+                payload: Bytes::from(payload),
+                headers: HeaderMap::new(),
+            }),
+            Err(source) => Err(BusError::Encode { subject, source }),
+        }
     }
 }
 
@@ -126,13 +175,16 @@ pub async fn publish_all(
     let mut pending: Vec<(String, PublishAckFuture)> = Vec::with_capacity(messages.len());
     for message in messages {
         let mut headers = message.headers;
-        headers.insert(MSG_ID_HEADER, message.msg_id.as_str());
+        headers.insert(
+            MSG_ID_HEADER,
+            exact_header_value(MSG_ID_HEADER, &message.msg_id)?,
+        );
         let ack = js
             .publish_with_headers(message.subject.clone(), headers, message.payload)
             .await
             .map_err(|e| BusError::Publish {
                 subject: message.subject.clone(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         pending.push((message.subject, ack));
     }
@@ -140,27 +192,45 @@ pub async fn publish_all(
     for (subject, ack) in pending {
         acks.push(ack.await.map_err(|e| BusError::Publish {
             subject,
-            reason: e.to_string(),
+            source: Box::new(e),
         })?);
     }
     Ok(acks)
 }
 
-/// A header value fit for NATS: one line, bounded.
-fn header_value(text: &str) -> HeaderValue {
-    let mut line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if line.len() > MAX_REASON_BYTES {
-        let mut cut = MAX_REASON_BYTES;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
+/// `value` as a header value, exactly, or the reason it cannot be one. async-nats's
+/// `From<&str>` (what `HeaderMap::insert` with a `&str` uses) panics on CR or LF, so every
+/// header built from data goes through here or [`header_safe`].
+pub fn exact_header_value(name: &'static str, value: &str) -> Result<HeaderValue, BusError> {
+    value
+        .parse::<HeaderValue>()
+        .map_err(|source| BusError::InvalidHeader { name, source })
+}
+
+/// Any text as a header value that still says what it said: one line, control characters
+/// written as escapes (`\r`, `\n`, `\t`, `\u{7f}`, …), at most [`MAX_HEADER_VALUE_BYTES`]
+/// cut on a character boundary and marked with `…`. Made to be read, not decoded (a
+/// backslash stays as it is): a dead letter keeps the original message byte for byte.
+pub fn header_safe(text: &str) -> HeaderValue {
+    let mut line = String::with_capacity(text.len().min(MAX_HEADER_VALUE_BYTES) + 8);
+    for c in text.chars() {
+        let before = line.len();
+        match c {
+            '\r' => line.push_str("\\r"),
+            '\n' => line.push_str("\\n"),
+            '\t' => line.push_str("\\t"),
+            c if c.is_control() => line.extend(c.escape_unicode()),
+            c => line.push(c),
         }
-        line.truncate(cut);
-        line.push('…');
+        if line.len() > MAX_HEADER_VALUE_BYTES {
+            // Never half an escape or half a character: drop the whole last one.
+            line.truncate(before);
+            line.push('…');
+            break;
+        }
     }
-    HeaderValue::from(line.as_str())
+    // Cannot fail: the line holds no CR or LF. The fallback only keeps this panic-free.
+    line.parse().unwrap_or_default()
 }
 
 /// Publishes a copy of `message` to `deadletter.<stage>` with `reason`, and waits for the
@@ -172,23 +242,32 @@ pub async fn dead_letter(
     message: &jetstream::Message,
     reason: &str,
 ) -> Result<(), BusError> {
+    publish_all(js, vec![dead_letter_message(stage, message, reason)]).await?;
+    Ok(())
+}
+
+/// The dead letter of `message`: its payload byte for byte, the reason and where it came
+/// from in headers (every one made header-safe), and an idempotency key from its place in
+/// its stream, so that a redelivered original makes a duplicate JetStream drops.
+pub fn dead_letter_message(stage: &str, message: &jetstream::Message, reason: &str) -> Outgoing {
     let mut headers = HeaderMap::new();
-    headers.insert(REASON_HEADER, header_value(reason));
-    headers.insert(ORIGINAL_SUBJECT_HEADER, message.subject.as_str());
+    headers.insert(REASON_HEADER, header_safe(reason));
+    headers.insert(
+        ORIGINAL_SUBJECT_HEADER,
+        header_safe(message.subject.as_str()),
+    );
     let (stream, sequence) = match message.info() {
         Ok(info) => (info.stream.to_owned(), info.stream_sequence),
         Err(_) => (String::from("?"), 0),
     };
-    headers.insert(ORIGINAL_STREAM_HEADER, stream.as_str());
-    headers.insert(ORIGINAL_SEQUENCE_HEADER, sequence.to_string().as_str());
-    let outgoing = Outgoing {
+    headers.insert(ORIGINAL_STREAM_HEADER, header_safe(&stream));
+    headers.insert(ORIGINAL_SEQUENCE_HEADER, HeaderValue::from(sequence));
+    Outgoing {
         subject: deadletter_subject(stage),
-        msg_id: format!("{stage}:{stream}:{sequence}"),
+        msg_id: format!("{stage}:{}:{sequence}", header_safe(&stream).as_str()),
         payload: message.payload.clone(),
         headers,
-    };
-    publish_all(js, vec![outgoing]).await?;
-    Ok(())
+    }
 }
 
 /// The value of a header on a message, if present and not empty.
@@ -206,9 +285,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_become_one_bounded_header_line() {
-        assert_eq!(header_value("a\r\nb").as_str(), "a  b");
-        let long = "é".repeat(MAX_REASON_BYTES);
-        assert!(header_value(&long).as_str().len() <= MAX_REASON_BYTES + '…'.len_utf8());
+    fn reasons_become_one_bounded_header_line_that_still_says_what_was_wrong() {
+        assert_eq!(
+            header_safe("bad \"SEV\r\nERE\"\t\u{0}\u{7f}\u{85}\\").as_str(),
+            r#"bad "SEV\r\nERE"\t\u{0}\u{7f}\u{85}\"#
+        );
+        let long = "é".repeat(MAX_HEADER_VALUE_BYTES);
+        let cut = header_safe(&long);
+        assert!(cut.as_str().len() <= MAX_HEADER_VALUE_BYTES + '…'.len_utf8());
+        assert!(cut.as_str().ends_with('…'));
+        let controls = "\u{1}".repeat(MAX_HEADER_VALUE_BYTES);
+        let cut = header_safe(&controls);
+        assert!(cut.as_str().trim_end_matches('…').ends_with("\\u{1}"));
+    }
+
+    #[test]
+    fn a_header_value_with_a_line_break_is_an_error_not_a_panic() {
+        assert!(matches!(
+            exact_header_value(MSG_ID_HEADER, "a\r\nb"),
+            Err(BusError::InvalidHeader { .. })
+        ));
+        assert_eq!(
+            exact_header_value(MSG_ID_HEADER, "a b").unwrap().as_str(),
+            "a b"
+        );
     }
 }

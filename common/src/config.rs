@@ -46,6 +46,13 @@ pub struct Pulling {
     #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ack_wait_secs: u64,
+
+    /// Deliveries of a message that keeps failing for a reason that is not transient (a
+    /// value the database refuses, a corrupt row, a bug) before it is dead-lettered. An
+    /// outage of the broker or the database is transient and never counts.
+    #[arg(long, env = "MAX_DELIVER", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_deliver: u32,
 }
 
 impl Pulling {

@@ -155,7 +155,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
-            .map_err(|e| BusError::Setup(format!("stream {name}: {e}")))?;
+            .map_err(|e| BusError::setup(format!("stream {name}"), e))?;
     }
     Ok(())
 }
@@ -178,14 +178,15 @@ pub async fn ensure_streams_within(
     loop {
         let declared = match storage.one_setup_at_a_time(ensure_streams(js)).await {
             Ok(declared) => declared,
-            Err(err) => Err(BusError::Setup(format!(
-                "taking turns with other services through the database: {err}"
-            ))),
+            Err(err) => Err(BusError::setup(
+                "taking turns with other services through the database",
+                err,
+            )),
         };
         match declared {
             Ok(()) => return Ok(()),
             Err(err) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(error = %err, "JetStream not ready yet; retrying");
+                tracing::warn!(error = %crate::telemetry::error_chain(&err), "JetStream not ready yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

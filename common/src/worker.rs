@@ -18,6 +18,7 @@ use crate::config::Connections;
 use crate::ops::{self, Readiness};
 use crate::storage::{Storage, StorageError};
 use crate::subjects;
+use crate::telemetry;
 
 /// Where a worker reads from.
 #[derive(Debug, Clone)]
@@ -66,12 +67,12 @@ async fn open(
     let stream = js
         .get_stream(source.stream)
         .await
-        .map_err(|e| BusError::Setup(format!("stream {}: {e}", source.stream)))?;
+        .map_err(|e| BusError::setup(format!("stream {}", source.stream), e))?;
     // On nats-server 2.9 creating an existing durable with changed settings updates it.
     let consumer = stream
         .create_consumer(source.consumer.clone())
         .await
-        .map_err(|e| BusError::Setup(format!("consumer on {}: {e}", source.stream)))?;
+        .map_err(|e| BusError::setup(format!("consumer on {}", source.stream), e))?;
     consumer
         .stream()
         // Several batches outstanding, so a full batch is buffered while the last one is
@@ -81,7 +82,7 @@ async fn open(
         .heartbeat(Duration::from_secs(2))
         .messages()
         .await
-        .map_err(|e| BusError::Setup(format!("pulling from {}: {e}", source.stream)))
+        .map_err(|e| BusError::setup(format!("pulling from {}", source.stream), e))
 }
 
 /// Runs `step` on each batch from `source` until `shutdown` is cancelled. Returns once the
@@ -101,7 +102,7 @@ pub async fn run_batches<F, Fut>(
         let messages = match open(&js, &source).await {
             Ok(messages) => messages,
             Err(err) => {
-                tracing::warn!(error = %err, "cannot pull yet; retrying");
+                tracing::warn!(error = %telemetry::error_chain(&err), "cannot pull yet; retrying");
                 if !backoff.wait(&shutdown).await {
                     break;
                 }
@@ -135,7 +136,15 @@ pub async fn run_batches<F, Fut>(
                 backoff.reset();
                 let size = batch.len();
                 let started = std::time::Instant::now();
-                step(batch).await;
+                // The steps catch panics around their own work; this is the last line. A
+                // batch whose step panicked here is redelivered after ack_wait.
+                if let Err(panic) = catching_panics(step(batch)).await {
+                    tracing::error!(
+                        stream = source.stream,
+                        panic,
+                        "a step panicked; its batch will be redelivered"
+                    );
+                }
                 tracing::debug!(
                     size,
                     took_us = started.elapsed().as_micros() as u64,
@@ -180,30 +189,123 @@ pub async fn report_lag(
     }
 }
 
-/// How a step left each message of its batch: acknowledged at the end, or handed back to
-/// JetStream for a later attempt.
+/// How a step left each message of its batch: acknowledged, handed back to JetStream for a
+/// later attempt, or dead-lettered.
 #[derive(Debug, Default)]
 pub struct Settlement {
     /// Done: everything it caused is committed and published.
     pub ack: Vec<jetstream::Message>,
-    /// Not done for a reason that may pass (database or broker unavailable): redeliver later.
+    /// Not done for a reason that may pass (database or broker unavailable): redeliver later,
+    /// however many times it takes.
     pub retry: Vec<jetstream::Message>,
+    /// Not done for a reason that may not pass (a refusal, a corrupt row, a panic), with that
+    /// reason: redelivered until it has been delivered `MAX_DELIVER` times, then dead-lettered.
+    pub failed: Vec<(jetstream::Message, String)>,
+    /// Never will be done (not a valid message), with the reason: dead-lettered now.
+    pub dead: Vec<(jetstream::Message, String)>,
+}
+
+/// Where a worker's messages go when they cannot be processed, and how often a failing one
+/// is tried first.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// Where to publish dead letters.
+    pub js: jetstream::Context,
+    /// `deadletter.<stage>`.
+    pub stage: &'static str,
+    /// The worker's name in logs and metrics.
+    pub worker: &'static str,
+    /// Deliveries of a message that keeps failing for a reason that is not transient before
+    /// it is dead-lettered (`MAX_DELIVER`).
+    pub max_deliver: u32,
 }
 
 impl Settlement {
-    /// Acknowledges and negatively acknowledges, last of all. A lost acknowledgement only
+    /// Sends a message to the dead letters now, with `reason`.
+    pub fn dead_letter(&mut self, message: jetstream::Message, reason: impl Into<String>) {
+        self.dead.push((message, reason.into()));
+    }
+
+    /// Records a failure that may not pass: tried again until `MAX_DELIVER` deliveries.
+    pub fn fail(&mut self, message: jetstream::Message, reason: impl Into<String>) {
+        self.failed.push((message, reason.into()));
+    }
+
+    /// Settles every message, last of all: failures that have used their deliveries join
+    /// the dead letters; dead letters are published (all in flight at once) and their
+    /// originals acknowledged once the stream holds them; retries are negatively
+    /// acknowledged with a back-off; the rest are acknowledged. A lost acknowledgement only
     /// means a redelivery, which every stage absorbs.
-    pub async fn apply(self, worker: &'static str) {
-        if !self.retry.is_empty() {
-            metrics::counter!(ops::RETRIES, "worker" => worker).increment(self.retry.len() as u64);
+    ///
+    /// Why the bound lives here and not in the consumer's `max_deliver`: JetStream stops
+    /// delivering a message that reaches its `max_deliver` and leaves it unacknowledged for
+    /// good, so a database outage longer than the retries would strand every message in
+    /// flight, never stored and never dead-lettered. The consumer delivers forever; this
+    /// counts deliveries (`info().delivered`) and gives up only on failures that are not
+    /// transient. An outage is transient however long it lasts.
+    pub async fn apply(self, letters: &DeadLetters) {
+        let Settlement {
+            mut ack,
+            mut retry,
+            failed,
+            mut dead,
+        } = self;
+        for (message, reason) in failed {
+            let delivered = deliveries(&message);
+            if delivered >= i64::from(letters.max_deliver) {
+                dead.push((
+                    message,
+                    format!("gave up after {delivered} deliveries: {reason}"),
+                ));
+            } else {
+                tracing::warn!(
+                    worker = letters.worker,
+                    delivered,
+                    reason = %bus::header_safe(&reason).as_str(),
+                    "processing failed; trying again later"
+                );
+                retry.push(message);
+            }
         }
-        for message in self.retry {
+        if !dead.is_empty() {
+            let outgoing = dead
+                .iter()
+                .map(|(message, reason)| bus::dead_letter_message(letters.stage, message, reason))
+                .collect();
+            match bus::publish_all(&letters.js, outgoing).await {
+                Ok(_) => {
+                    metrics::counter!(ops::DEADLETTERS, "stage" => letters.stage)
+                        .increment(dead.len() as u64);
+                    for (message, reason) in dead {
+                        tracing::warn!(
+                            worker = letters.worker,
+                            subject = %bus::header_safe(message.subject.as_str()).as_str(),
+                            reason = %bus::header_safe(&reason).as_str(),
+                            "dead-lettered a message"
+                        );
+                        ack.push(message);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        error = %telemetry::error_chain(&err),
+                        "dead letters not acknowledged; retrying later"
+                    );
+                    retry.extend(dead.into_iter().map(|(message, _)| message));
+                }
+            }
+        }
+        if !retry.is_empty() {
+            metrics::counter!(ops::RETRIES, "worker" => letters.worker)
+                .increment(retry.len() as u64);
+        }
+        for message in retry {
             let delay = retry_delay(&message);
             if let Err(err) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
             }
         }
-        for message in self.ack {
+        for message in ack {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "ack failed; the message will be redelivered and absorbed");
             }
@@ -211,15 +313,147 @@ impl Settlement {
     }
 }
 
-/// Back-off for a redelivery: 1 s after the first attempt, doubling to a minute.
-pub fn retry_delay(message: &jetstream::Message) -> Duration {
-    let attempts = message
+/// Why a step could not process a group of messages.
+#[derive(Debug, Clone)]
+pub enum StepFailure {
+    /// May pass (the database or the broker is unavailable): retry the group later, however
+    /// often it takes.
+    Transient(String),
+    /// Refused for its content (the database cannot hold a value): the same message fails
+    /// the same way every time, so once alone it is dead-lettered at once.
+    Refused(String),
+    /// Failed for a reason that may not pass (a corrupt row, an unencodable message, a
+    /// panic): once alone it is tried again until `MAX_DELIVER` deliveries.
+    Permanent(String),
+}
+
+/// A step that processes a group of messages at once (one transaction, one publish of all
+/// that it causes), for [`process_isolating`].
+pub trait GroupStep {
+    /// One message with what the step made of it.
+    type Item: Send;
+
+    /// Processes the whole group, or fails it as a whole.
+    fn process_group(
+        &self,
+        group: &[Self::Item],
+    ) -> impl Future<Output = Result<(), StepFailure>> + Send;
+
+    /// The message an item came from, to settle it.
+    fn into_message(item: Self::Item) -> jetstream::Message;
+}
+
+/// Runs `step` over `items` as one group and settles every item's message by the outcome.
+/// A group that fails for a reason that is not transient, or panics, is split in halves
+/// and each half tried again, until the culprit is alone: only it is dead-lettered (or tried
+/// again later), and the rest are done.
+///
+/// Halves rather than one at a time: a batch of 1,000 with one bad message takes about 20
+/// attempts instead of 1,000 transactions, and ends in the same place.
+pub async fn process_isolating<S: GroupStep + Sync>(
+    step: &S,
+    items: Vec<S::Item>,
+    settlement: &mut Settlement,
+) {
+    let message_of = S::into_message;
+    let mut groups = vec![items];
+    while let Some(mut group) = groups.pop() {
+        if group.is_empty() {
+            continue;
+        }
+        let outcome = match catching_panics(step.process_group(&group)).await {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(StepFailure::Permanent(panic)),
+        };
+        match outcome {
+            Ok(()) => settlement.ack.extend(group.into_iter().map(&message_of)),
+            Err(StepFailure::Transient(reason)) => {
+                tracing::warn!(
+                    error = %bus::header_safe(&reason).as_str(),
+                    size = group.len(),
+                    "step failed; retrying later"
+                );
+                settlement.retry.extend(group.into_iter().map(&message_of));
+            }
+            Err(StepFailure::Refused(reason)) if group.len() == 1 => {
+                for item in group {
+                    settlement.dead_letter(message_of(item), reason.clone());
+                }
+            }
+            Err(StepFailure::Permanent(reason)) if group.len() == 1 => {
+                for item in group {
+                    settlement.fail(message_of(item), reason.clone());
+                }
+            }
+            Err(StepFailure::Refused(_) | StepFailure::Permanent(_)) => {
+                let second_half = group.split_off(group.len() / 2);
+                groups.push(second_half);
+                groups.push(group);
+            }
+        }
+    }
+}
+
+/// A storage error as a step failure: refused, transient or neither; `what` says what was
+/// being stored ("event", "alert").
+pub fn storage_failure(what: &str, err: &StorageError) -> StepFailure {
+    match err {
+        StorageError::Rejected(source) => StepFailure::Refused(format!(
+            "the database refused the {what}: {}",
+            telemetry::error_chain(source)
+        )),
+        err if err.is_transient() => StepFailure::Transient(telemetry::error_chain(err)),
+        err => StepFailure::Permanent(telemetry::error_chain(err)),
+    }
+}
+
+/// A broker error as a step failure: transient or not.
+pub fn bus_failure(err: &BusError) -> StepFailure {
+    if err.is_transient() {
+        StepFailure::Transient(telemetry::error_chain(err))
+    } else {
+        StepFailure::Permanent(telemetry::error_chain(err))
+    }
+}
+
+/// How many times JetStream has delivered `message`, this delivery included (1 when it
+/// does not say).
+pub fn deliveries(message: &jetstream::Message) -> i64 {
+    message
         .info()
         .map(|info| info.delivered)
         .unwrap_or(1)
-        .max(1);
-    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(6);
+        .max(1)
+}
+
+/// Back-off for a redelivery: 1 s after the first attempt, doubling to a minute.
+pub fn retry_delay(message: &jetstream::Message) -> Duration {
+    let exponent = u32::try_from(deliveries(message) - 1)
+        .unwrap_or(u32::MAX)
+        .min(6);
     Duration::from_secs(1 << exponent)
+}
+
+/// Runs `work`, turning a panic inside it into an error that says `panicked: <message>`.
+/// Defence in depth: a bug that panics on some input must cost that input (dead-lettered),
+/// never the worker and with it the whole pipeline.
+pub async fn catching_panics<T>(work: impl Future<Output = T>) -> Result<T, String> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| format!("panicked: {}", panic_message(panic.as_ref())))
+}
+
+/// The text a panic was raised with, if it was raised with text.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }
 
 /// Why a worker could not start.
@@ -232,12 +466,13 @@ pub enum StartError {
     #[error("NATS_URL: {0}")]
     Nats(#[from] BusError),
     /// The operations port (`METRICS_ADDR`) could not be bound.
-    #[error("METRICS_ADDR: cannot listen on {addr}: {reason}")]
+    #[error("METRICS_ADDR: cannot listen on {addr}")]
     Metrics {
         /// Where.
         addr: std::net::SocketAddr,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -289,10 +524,9 @@ where
     let ops_server = match metrics_addr {
         None => None,
         Some(addr) => {
-            let listener = ops::bind(addr).await.map_err(|e| StartError::Metrics {
-                addr,
-                reason: e.to_string(),
-            })?;
+            let listener = ops::bind(addr)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
             tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
             let (ready, shutdown) = (ready.clone(), shutdown.clone());
             Some(tokio::spawn(async move {

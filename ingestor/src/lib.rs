@@ -7,7 +7,9 @@
 //! redelivers it; the event's idempotency key (`Nats-Msg-Id`, else the body's `uid`, else
 //! the stream and sequence) makes the repeat store nothing new, and escalates again what may
 //! not have been escalated. A message that is not a valid event goes to `deadletter.ingest`
-//! with the reason and is then acknowledged: it never stops the loop.
+//! with the reason and is then acknowledged: it never stops the loop. One that fails for a
+//! reason that may not pass (a panic, a corrupt row) is tried again, alone, until it has been
+//! delivered `MAX_DELIVER` times, then dead-lettered; an outage is waited out, never counted.
 
 use async_nats::jetstream;
 use chrono::Utc;
@@ -15,9 +17,9 @@ use common::bus::{self, BusError, MSG_ID_HEADER, Outgoing};
 use common::config::{Connections, Pulling, parse_severity};
 use common::domain::{EventIn, Severity};
 use common::ops;
-use common::storage::{EventRecord, Storage, StorageError};
+use common::storage::{EventRecord, Storage};
 use common::subjects::{self, STAGE_INGEST};
-use common::worker::{self, Settlement, Source};
+use common::worker::{self, DeadLetters, GroupStep, Settlement, Source, StepFailure};
 use tokio_util::sync::CancellationToken;
 
 /// The ingestor's settings.
@@ -51,31 +53,61 @@ pub struct Ingestor {
     storage: Storage,
     js: jetstream::Context,
     escalate_from: Severity,
+    letters: DeadLetters,
+    /// Test-only: panic while storing an event with this description (never in release
+    /// builds), to show that a panicking step costs only its message.
+    #[cfg(debug_assertions)]
+    panic_on_description: Option<String>,
 }
 
 /// A message that passed validation, with what it will be stored as.
-struct Valid {
+pub struct Valid {
     message: jetstream::Message,
     record: EventRecord,
 }
 
 impl Ingestor {
-    /// An ingestor over an open database and a JetStream context.
+    /// An ingestor over an open database and a JetStream context, giving up on a message
+    /// that keeps failing after the default `MAX_DELIVER` (5) deliveries.
     pub fn new(storage: Storage, js: jetstream::Context, escalate_from: Severity) -> Self {
+        let letters = DeadLetters {
+            js: js.clone(),
+            stage: STAGE_INGEST,
+            worker: "ingestor",
+            max_deliver: 5,
+        };
         Ingestor {
             storage,
             js,
             escalate_from,
+            letters,
+            #[cfg(debug_assertions)]
+            panic_on_description: None,
         }
+    }
+
+    /// Gives up on a message that keeps failing after `max_deliver` deliveries.
+    pub fn with_max_deliver(mut self, max_deliver: u32) -> Self {
+        self.letters.max_deliver = max_deliver;
+        self
+    }
+
+    /// Test-only hook (debug builds only): the step panics while storing any event whose
+    /// description is `description`.
+    #[cfg(debug_assertions)]
+    pub fn panicking_on_description(mut self, description: &str) -> Self {
+        self.panic_on_description = Some(description.to_owned());
+        self
     }
 
     /// Handles one batch completely: stores, escalates, dead-letters, then acknowledges.
     pub async fn handle_batch(&self, batch: Vec<jetstream::Message>) {
-        self.process(batch).await.apply("ingestor").await;
+        self.process(batch).await.apply(&self.letters).await;
     }
 
-    /// Does everything a batch causes except acknowledging it, and says how to settle each
-    /// message. Tests call this to stop "just before the ack", as a crash would.
+    /// Does everything a batch causes except settling it (dead letters, acknowledgements),
+    /// and says how to settle each message. Tests call this to stop "just before the ack",
+    /// as a crash would.
     pub async fn process(&self, batch: Vec<jetstream::Message>) -> Settlement {
         let mut settlement = Settlement::default();
         let mut valid = Vec::with_capacity(batch.len());
@@ -83,106 +115,61 @@ impl Ingestor {
         metrics::counter!(ops::EVENTS_RECEIVED).increment(batch.len() as u64);
         metrics::histogram!(ops::BATCH_SIZE, "worker" => "ingestor").record(batch.len() as f64);
         for message in batch {
-            match validate(&message, now) {
-                Ok(record) => valid.push(Valid { message, record }),
-                Err(reason) => self.dead_letter(message, &reason, &mut settlement).await,
+            let checked =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| validate(&message, now)));
+            match checked {
+                Ok(Ok(record)) => valid.push(Valid { message, record }),
+                Ok(Err(reason)) => settlement.dead_letter(message, reason),
+                Err(panic) => {
+                    let reason = format!("panicked: {}", worker::panic_message(panic.as_ref()));
+                    settlement.fail(message, reason);
+                }
             }
         }
-        self.store_and_escalate(valid, &mut settlement).await;
+        worker::process_isolating(self, valid, &mut settlement).await;
         settlement
     }
 
-    async fn dead_letter(
-        &self,
-        message: jetstream::Message,
-        reason: &str,
-        settlement: &mut Settlement,
-    ) {
-        tracing::warn!(subject = %message.subject, reason, "dead-lettering a message");
-        match bus::dead_letter(&self.js, STAGE_INGEST, &message, reason).await {
-            Ok(()) => {
-                metrics::counter!(ops::DEADLETTERS, "stage" => STAGE_INGEST).increment(1);
-                settlement.ack.push(message);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "dead letter not acknowledged; retrying later");
-                settlement.retry.push(message);
-            }
+    /// Stores a group in one transaction and publishes its escalations.
+    async fn store_group(&self, group: &[Valid]) -> Result<(), StepFailure> {
+        #[cfg(debug_assertions)]
+        if let Some(marker) = &self.panic_on_description
+            && group.iter().any(|v| v.record.event.description == *marker)
+        {
+            panic!("test hook: storing an event described {marker:?}");
         }
-    }
-
-    async fn store_and_escalate(&self, valid: Vec<Valid>, settlement: &mut Settlement) {
-        // Usually one pass over the whole batch. When the database refuses the batch (a value
-        // it cannot hold), each event is tried alone so that only the culprit is
-        // dead-lettered.
-        let mut groups = vec![valid];
-        while let Some(group) = groups.pop() {
-            if group.is_empty() {
-                continue;
-            }
-            let records: Vec<EventRecord> = group.iter().map(|v| v.record.clone()).collect();
-            match self
-                .storage
-                .store_events(&records, self.escalate_from)
-                .await
-            {
-                Ok(stored) => {
-                    let escalations = stored.to_escalate.len();
-                    match self.escalate(stored.to_escalate).await {
-                        Ok(()) => {
-                            metrics::counter!(ops::EVENTS_STORED).increment(stored.newly_stored);
-                            metrics::counter!(ops::EVENTS_DUPLICATE).increment(
-                                group.len() as u64 - stored.newly_stored.min(group.len() as u64),
-                            );
-                            metrics::counter!(ops::EVENTS_ESCALATED).increment(escalations as u64);
-                            tracing::debug!(
-                                received = group.len(),
-                                new = stored.newly_stored,
-                                escalations,
-                                "batch stored"
-                            );
-                            settlement.ack.extend(group.into_iter().map(|v| v.message));
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "escalation not acknowledged; retrying the batch later");
-                            settlement
-                                .retry
-                                .extend(group.into_iter().map(|v| v.message));
-                        }
-                    }
-                }
-                Err(StorageError::Rejected(err)) if group.len() == 1 => {
-                    let reason = format!("the database refused the event: {err}");
-                    for v in group {
-                        self.dead_letter(v.message, &reason, settlement).await;
-                    }
-                }
-                Err(StorageError::Rejected(_)) => {
-                    groups.extend(group.into_iter().map(|v| vec![v]));
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "storing failed; retrying the batch later");
-                    settlement
-                        .retry
-                        .extend(group.into_iter().map(|v| v.message));
-                }
-            }
-        }
+        let records: Vec<EventRecord> = group.iter().map(|v| v.record.clone()).collect();
+        let stored = self
+            .storage
+            .store_events(&records, self.escalate_from)
+            .await
+            .map_err(|err| worker::storage_failure("event", &err))?;
+        let escalations = stored.to_escalate.len();
+        self.escalate(stored.to_escalate)
+            .await
+            .map_err(|err| worker::bus_failure(&err))?;
+        let received = group.len() as u64;
+        metrics::counter!(ops::EVENTS_STORED).increment(stored.newly_stored);
+        metrics::counter!(ops::EVENTS_DUPLICATE)
+            .increment(received - stored.newly_stored.min(received));
+        metrics::counter!(ops::EVENTS_ESCALATED).increment(escalations as u64);
+        tracing::debug!(
+            received,
+            new = stored.newly_stored,
+            escalations,
+            "batch stored"
+        );
+        Ok(())
     }
 
     async fn escalate(&self, events: Vec<common::Event>) -> Result<(), BusError> {
         let mut outgoing = Vec::with_capacity(events.len());
         for event in &events {
-            let message = Outgoing::json(
+            outgoing.push(Outgoing::json(
                 subjects::escalation_subject(event.severity),
                 event.uid.clone(),
                 event,
-            )
-            .map_err(|e| BusError::Publish {
-                subject: subjects::escalation_subject(event.severity),
-                reason: e.to_string(),
-            })?;
-            outgoing.push(message);
+            )?);
         }
         bus::publish_all(&self.js, outgoing).await?;
         Ok(())
@@ -220,6 +207,21 @@ fn validate(
     })
 }
 
+impl GroupStep for Ingestor {
+    type Item = Valid;
+
+    fn process_group(
+        &self,
+        group: &[Valid],
+    ) -> impl Future<Output = Result<(), StepFailure>> + Send {
+        self.store_group(group)
+    }
+
+    fn into_message(item: Valid) -> jetstream::Message {
+        item.message
+    }
+}
+
 /// Connects to the database and NATS, declares the streams, and ingests until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
     let connected = worker::connect("ingestor", &settings.connections).await?;
@@ -232,7 +234,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         connected.storage.clone(),
         connected.js.clone(),
         settings.alert_min_severity,
-    );
+    )
+    .with_max_deliver(settings.pulling.max_deliver);
     let source = Source {
         stream: subjects::EVENTS_STREAM,
         consumer: subjects::ingestor_consumer(settings.pulling.ack_wait()),

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match ingestor::run(settings, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ingestor: {err}");
+            eprintln!("ingestor: {}", common::telemetry::error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }

@@ -12,8 +12,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod browser;
+mod outage;
+pub mod strategies;
 
 pub use browser::Chromium;
+pub use outage::{DbOutage, TcpProxy};
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -18,6 +18,7 @@ use common::subjects;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testkit::{NatsServer, TestDb, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -120,7 +121,11 @@ impl Pipeline {
 
     /// Starts an ingestor escalating from `min`.
     pub fn start_ingestor(&self, min: Severity) -> RunningWorker {
-        let settings = self.ingestor_settings(min);
+        self.start_ingestor_with(self.ingestor_settings(min))
+    }
+
+    /// Starts an ingestor with these settings.
+    pub fn start_ingestor_with(&self, settings: ingestor::Settings) -> RunningWorker {
         spawn_worker(|token| async move {
             ingestor::run(settings, token)
                 .await
@@ -130,7 +135,11 @@ impl Pipeline {
 
     /// Starts an alerter.
     pub fn start_alerter(&self) -> RunningWorker {
-        let settings = self.alerter_settings();
+        self.start_alerter_with(self.alerter_settings())
+    }
+
+    /// Starts an alerter with these settings.
+    pub fn start_alerter_with(&self, settings: alerter::Settings) -> RunningWorker {
         spawn_worker(|token| async move {
             alerter::run(settings, token).await.expect("alerter failed");
         })
@@ -294,6 +303,43 @@ where
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(shutdown.clone()));
     RunningWorker { shutdown, handle }
+}
+
+/// Publishes over the NATS protocol itself, bypassing any client's checks: an `HPUB` to
+/// `subject` whose `Nats-Msg-Id` value is `header_value` as given (a lone carriage return,
+/// say, which no client library lets through). Returns once the server has processed it.
+pub async fn publish_with_raw_header(port: u16, subject: &str, header_value: &[u8], body: &[u8]) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut info = vec![0u8; 4096];
+    let _ = stream.read(&mut info).await.unwrap();
+    let mut headers = b"NATS/1.0\r\nNats-Msg-Id: ".to_vec();
+    headers.extend_from_slice(header_value);
+    headers.extend_from_slice(b"\r\n\r\n");
+    let mut frame = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}}\r\n\
+         HPUB {subject} {} {}\r\n",
+        headers.len(),
+        headers.len() + body.len()
+    )
+    .into_bytes();
+    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    stream.write_all(&frame).await.unwrap();
+    // PONG: the server has processed the publish before it.
+    let mut reply = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&reply).contains("PONG") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the server answers PING")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection: {reply:?}");
+        reply.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A realistic event; `i` picks the sensor and type, `severity` is as given.

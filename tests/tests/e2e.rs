@@ -468,6 +468,77 @@ async fn five_thousand_events_survive_killed_workers_and_reach_tail_and_sse() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_on_nats_and_http_leave_every_service_running() {
+    let system = System::new().await;
+    let (ingestor_port, alerter_port) = (free_port(), free_port());
+    let mut ingestor = system.spawn("ingestor", Some(ingestor_port));
+    let mut alerter = system.spawn("alerter", Some(alerter_port));
+    let mut api = system.spawn("api", None);
+    system.wait_ready(system.api_port, "/readyz").await;
+    system.wait_ready(ingestor_port, "/readyz").await;
+    system.wait_ready(alerter_port, "/readyz").await;
+    let token = system.admin_token().await;
+
+    // What once killed the ingestor for good, and the api's request task.
+    let client = async_nats::connect(system.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for body in [
+        r#"{"sourceName":"fw1","eventType":"x","severity":"SEV\r\nERE"}"#,
+        r#"{"sourceName":"fw1","eventType":"x","severity":"HIGH","uid":"a\r\nb"}"#,
+        r#"{"sourceName":"fw\u0000 1","eventType":"x\u007f","severity":"HIGH"}"#,
+    ] {
+        js.publish("events.fw1", body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    threatmon_tests::publish_with_raw_header(
+        system.nats.port(),
+        "events.fw1",
+        b"lone\rcr",
+        br#"{"sourceName":"fw1","eventType":"x","severity":"HIGH"}"#,
+    )
+    .await;
+    let body = r#"{"sourceName":"fw1","eventType":"x","severity":"HIGH","uid":"a\r\nb"}"#;
+    let (status, text) = http(
+        system.api_port,
+        "POST",
+        "/api/events/",
+        Some(&token),
+        Some(body),
+    )
+    .await
+    .expect("an answer, not a dropped connection");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\"uid\""), "{text}");
+
+    let valid = r#"{"sourceName":"fw1","eventType":"x","severity":"HIGH","uid":"valid-1"}"#;
+    let (status, text) = http(
+        system.api_port,
+        "POST",
+        "/api/events/",
+        Some(&token),
+        Some(valid),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(
+        system.wait_for_pipeline(1).await,
+        1,
+        "the valid event is alerted"
+    );
+    for process in [&mut ingestor, &mut alerter, &mut api] {
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "{} exited",
+            process.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ingestors_and_two_alerters_share_the_work_and_their_metrics_add_up() {
     let system = System::new().await;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();

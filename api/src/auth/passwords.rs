@@ -12,7 +12,7 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, OrInternal};
 
 /// Shortest password accepted (Django's default `MinimumLengthValidator`).
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -61,7 +61,7 @@ fn argon2id_into(
 impl Passwords {
     /// At most `concurrency` hashes at once.
     pub fn new(concurrency: usize) -> Result<Self, ApiError> {
-        let params = Params::new(MEMORY_KIB, ITERATIONS, 1, None).map_err(ApiError::internal)?;
+        let params = Params::new(MEMORY_KIB, ITERATIONS, 1, None).or_internal()?;
         let mut passwords = Passwords {
             params,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -88,7 +88,7 @@ impl Passwords {
     fn hash_now(&self, password: &str) -> Result<String, ApiError> {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let mut raw_salt = [0u8; 64];
-        let raw_salt = salt.decode_b64(&mut raw_salt).map_err(ApiError::internal)?;
+        let raw_salt = salt.decode_b64(&mut raw_salt).or_internal()?;
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
         self.with_memory(|memory| {
             argon2id_into(
@@ -99,13 +99,13 @@ impl Passwords {
                 memory,
             )
         })
-        .map_err(ApiError::internal)?;
+        .or_internal()?;
         let hash = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
-            params: ParamsString::try_from(&self.params).map_err(ApiError::internal)?,
+            params: ParamsString::try_from(&self.params).or_internal()?,
             salt: Some(salt.as_salt()),
-            hash: Some(Output::new(&out).map_err(ApiError::internal)?),
+            hash: Some(Output::new(&out).or_internal()?),
         };
         Ok(hash.to_string())
     }
@@ -137,25 +137,25 @@ impl Passwords {
 
     /// Hashes a password (PHC string with its salt and parameters).
     pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
-        let _slot = self.slots.acquire().await.map_err(ApiError::internal)?;
+        let _slot = self.slots.acquire().await.or_internal()?;
         let this = self.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || this.hash_now(&password))
             .await
-            .map_err(ApiError::internal)?
+            .or_internal()?
     }
 
     /// True when `password` matches `hash`. With no hash (unknown user) a decoy is verified
     /// so that the answer takes as long, and false is returned.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, ApiError> {
-        let _slot = self.slots.acquire().await.map_err(ApiError::internal)?;
+        let _slot = self.slots.acquire().await.or_internal()?;
         let this = self.clone();
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.decoy.as_str().to_owned(), str::to_owned);
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || this.verify_now(&password, &hash))
             .await
-            .map_err(ApiError::internal)?;
+            .or_internal()?;
         Ok(known && matches)
     }
 }

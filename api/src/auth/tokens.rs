@@ -11,7 +11,7 @@ use common::domain::{Role, User};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, OrInternal};
 use crate::settings::Secret;
 
 /// Which kind of token.
@@ -94,7 +94,7 @@ impl Tokens {
             role: user.role,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)?;
+            .or_internal()?;
         Ok((token, claims))
     }
 

@@ -13,7 +13,7 @@ use common::subjects;
 use serde_json::Value;
 
 use crate::auth::AdminUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, OrInternal};
 use crate::input::{JsonBody, Params};
 use crate::pagination::{Page, PageRequest};
 use crate::routes::{PathId, parse_id};
@@ -131,18 +131,6 @@ pub async fn create(
     let mut errors = Vec::with_capacity(items.len());
     for item in items {
         match EventIn::from_value(item) {
-            // The uid becomes the Nats-Msg-Id header, which cannot hold CR or LF (async-nats
-            // panics on them): refuse it here rather than fail the publish.
-            Ok(event)
-                if event
-                    .uid
-                    .as_deref()
-                    .is_some_and(|uid| uid.parse::<async_nats::header::HeaderValue>().is_err()) =>
-            {
-                let mut bad = FieldErrors::new();
-                bad.add("uid", "Line breaks are not allowed.");
-                errors.push(bad);
-            }
             Ok(mut event) => {
                 event
                     .uid
@@ -170,12 +158,13 @@ pub async fn create(
     let mut outgoing = Vec::with_capacity(accepted.len());
     for event in &accepted {
         let uid = event.uid.clone().unwrap_or_default();
-        outgoing.push(Outgoing::json(subject.clone(), uid, event).map_err(ApiError::internal)?);
+        outgoing.push(Outgoing::json(subject.clone(), uid, event).or_internal()?);
     }
     match tokio::time::timeout(PUBLISH_TIMEOUT, bus::publish_all(&state.js, outgoing)).await {
         Ok(Ok(_)) => {}
+        Ok(Err(err)) if !err.is_transient() => return Err(ApiError::internal(err)),
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "publishing events failed");
+            tracing::warn!(error = %common::telemetry::error_chain(&err), "publishing events failed");
             return Err(ApiError::Unavailable(
                 "The event bus is unavailable, try again later.",
             ));
@@ -193,6 +182,6 @@ pub async fn create(
     } else {
         serde_json::to_value(accepted.first())
     }
-    .map_err(ApiError::internal)?;
+    .or_internal()?;
     Ok((StatusCode::ACCEPTED, Json(body)))
 }

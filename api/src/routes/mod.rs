@@ -71,7 +71,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(id)) => Ok(PathId(id)),
             Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::NotFound),
-            Err(other) => Err(ApiError::internal(other.body_text())),
+            Err(other) => Err(ApiError::internal(other)),
         }
     }
 }

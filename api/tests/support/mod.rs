@@ -215,6 +215,48 @@ impl TestApi {
         }
     }
 
+    /// Sends any request like [`send`](Self::send), but reads its body for at most
+    /// `patience`, and a live stream's (`text/event-stream`, which never ends) not at all.
+    /// Returns the response (its body, if read) and whether the body was read to its end.
+    pub async fn send_bounded(
+        &self,
+        mut request: Request<Body>,
+        patience: std::time::Duration,
+    ) -> (Resp, bool) {
+        if request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_none()
+        {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(CLIENT.parse::<SocketAddr>().unwrap()));
+        }
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let live = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"));
+        let (bytes, complete) = if live {
+            (bytes::Bytes::new(), false)
+        } else {
+            match tokio::time::timeout(patience, response.into_body().collect()).await {
+                Ok(collected) => (collected.unwrap().to_bytes(), true),
+                Err(_) => (bytes::Bytes::new(), false),
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let resp = Resp {
+            status,
+            headers,
+            json,
+            text,
+        };
+        (resp, complete)
+    }
+
     /// Sends a request from a given client address.
     pub async fn call_from(&self, addr: &str, method: &str, path: &str, body: Value) -> Resp {
         let mut request = Request::builder()

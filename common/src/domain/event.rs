@@ -18,6 +18,9 @@ const NOT_NULL: &str = "This field may not be null.";
 const NOT_BLANK: &str = "This field may not be blank.";
 const NOT_STRING: &str = "Not a valid string.";
 const NO_NULL_CHARS: &str = "Null characters are not allowed.";
+const NO_CONTROL_CHARS: &str = "Control characters are not allowed.";
+const NO_REPLACEMENT_CHARS: &str =
+    "Replacement characters (U+FFFD) are not allowed: the value was not valid text.";
 const BAD_DATETIME: &str = "Datetime has wrong format. Use one of these formats instead: \
                             YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].";
 
@@ -50,7 +53,7 @@ pub struct NewEvent {
     pub event_type: String,
     /// How serious it is.
     pub severity: Severity,
-    /// Free text, at most 64 KiB; empty when not given.
+    /// Free text, at most 64 KiB; empty when not given. Any character, NUL included.
     pub description: String,
     /// When the sensor says it happened.
     pub occurred_at: Option<DateTime<Utc>>,
@@ -148,7 +151,7 @@ fn json_type_name(value: &Value) -> &'static str {
 }
 
 /// A string field that may be absent or null; `None` when it is, or when it is not a string
-/// without NUL characters (then the error is recorded). DRF trims surrounding whitespace.
+/// (then the error is recorded). DRF trims surrounding whitespace.
 fn optional_string(
     fields: &mut Map<String, Value>,
     name: &str,
@@ -156,10 +159,6 @@ fn optional_string(
 ) -> Option<Option<String>> {
     match fields.remove(name) {
         None | Some(Value::Null) => Some(None),
-        Some(Value::String(s)) if s.contains('\0') => {
-            errors.add(name, NO_NULL_CHARS);
-            None
-        }
         Some(Value::String(s)) => Some(Some(s.trim().to_owned())),
         // DRF's CharField accepts numbers and renders them as text; so do we.
         Some(Value::Number(n)) => Some(Some(n.to_string())),
@@ -167,6 +166,23 @@ fn optional_string(
             errors.add(name, NOT_STRING);
             None
         }
+    }
+}
+
+/// Why `text` cannot be an identifier (a name, a type, an idempotency key), if it cannot:
+/// identifiers become subjects, headers, log fields and filter values, where a control
+/// character (C0, DEL, C1) breaks a line or a protocol. U+FFFD is refused too: it stands for
+/// what could not be carried as text (our NATS client shows a CR or LF that a raw publish put
+/// inside a header that way), and an identifier must be exact. Free text may hold anything.
+pub fn identifier_problem(text: &str) -> Option<&'static str> {
+    if text.contains('\0') {
+        Some(NO_NULL_CHARS)
+    } else if text.chars().any(char::is_control) {
+        Some(NO_CONTROL_CHARS)
+    } else if text.contains('\u{fffd}') {
+        Some(NO_REPLACEMENT_CHARS)
+    } else {
+        None
     }
 }
 
@@ -187,7 +203,10 @@ fn name_field(
             name,
             format!("Ensure this field has no more than {MAX_NAME_CHARS} characters."),
         ),
-        Some(s) => return Some(s),
+        Some(s) => match identifier_problem(&s) {
+            Some(problem) => errors.add(name, problem),
+            None => return Some(s),
+        },
     }
     None
 }
@@ -240,8 +259,8 @@ pub fn check_idempotency_key(uid: &str) -> Result<(), String> {
         Err(format!(
             "Ensure this field has no more than {MAX_UID_BYTES} characters."
         ))
-    } else if uid.contains('\0') {
-        Err(NO_NULL_CHARS.to_owned())
+    } else if let Some(problem) = identifier_problem(uid) {
+        Err(problem.to_owned())
     } else {
         Ok(())
     }
@@ -283,10 +302,6 @@ fn attributes_field(
                     NAME,
                     format!("Ensure this object has no more than {MAX_ATTRIBUTES_BYTES} bytes."),
                 );
-                None
-            } else if text.contains("\\u0000") {
-                // PostgreSQL text cannot hold NUL; refuse it on both backends alike.
-                errors.add(NAME, NO_NULL_CHARS);
                 None
             } else if let Value::Object(map) = encoded {
                 Some(map)

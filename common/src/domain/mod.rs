@@ -13,7 +13,9 @@ mod user;
 
 pub use alert::{Alert, AlertStatus};
 pub use errors::FieldErrors;
-pub use event::{Event, EventIn, EventRejection, NewEvent, check_idempotency_key};
+pub use event::{
+    Event, EventIn, EventRejection, NewEvent, check_idempotency_key, identifier_problem,
+};
 pub use severity::Severity;
 pub use time::{from_micros, to_micros};
 pub use user::{Role, UnknownRole, User};

@@ -501,7 +501,7 @@ impl Storage {
         let event_ids: Vec<i64> = events.iter().map(|e| e.id).collect();
         let now = to_micros(now);
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
             let created = <Db as AlertStatements>::insert_alerts(&mut tx, &events, now).await?;
             let created_ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
             if !created_ids.is_empty() {
@@ -647,7 +647,7 @@ impl Storage {
         );
         let select_sql = format!("{SELECT_ALERT} WHERE id = $1");
         let (row, change) = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
             let current = sqlx::query_as::<Db, (String, i16, String, String)>(
                 "UPDATE alerts SET updated_at = updated_at WHERE id = $1 \
                  RETURNING status, severity, event_type, source_name",

@@ -13,15 +13,15 @@ use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 /// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
 /// bound parameters (32,766).
 const INSERT_CHUNK_ROWS: usize = 500;
-const EVENT_COLUMNS: usize = 8;
+const EVENT_COLUMNS: usize = 9;
 const SELECT_EVENT: &str = "SELECT id, uid, source_name, event_type, severity, description, \
-                            occurred_at, attributes, created_at FROM events";
+                            description_exact, occurred_at, attributes, created_at FROM events";
 /// Postgres inserts a whole batch with one statement of one text, whatever the batch size, so
 /// that it stays a cached prepared statement: one array per column, zipped by `UNNEST`.
 const INSERT_EVENTS_UNNEST: &str = "INSERT INTO events (uid, source_name, event_type, severity, \
-     description, occurred_at, attributes, created_at) \
+     description, description_exact, occurred_at, attributes, created_at) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], \
-     $6::bigint[], $7::text[], $8::bigint[]) \
+     $6::text[], $7::bigint[], $8::text[], $9::bigint[]) \
      ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity";
 
 /// A validated event with the idempotency key it will be stored under.
@@ -113,9 +113,24 @@ struct EventRow {
     event_type: String,
     severity: i16,
     description: String,
+    description_exact: Option<String>,
     occurred_at: Option<i64>,
     attributes: Option<String>,
     created_at: i64,
+}
+
+/// How a description is stored: the `description` column, and the exact text for the
+/// `description_exact` column when the first cannot hold it (it holds NUL, which PostgreSQL
+/// text cannot; see migration 0006).
+fn description_columns(description: &str) -> (std::borrow::Cow<'_, str>, Option<String>) {
+    if description.contains('\0') {
+        (
+            std::borrow::Cow::Owned(description.replace('\0', "\u{fffd}")),
+            serde_json::to_string(description).ok(),
+        )
+    } else {
+        (std::borrow::Cow::Borrowed(description), None)
+    }
 }
 
 impl TryFrom<EventRow> for Event {
@@ -125,6 +140,12 @@ impl TryFrom<EventRow> for Event {
         let severity = Severity::from_rank(row.severity).ok_or_else(|| {
             StorageError::Corrupt(format!("event {}: severity {}", row.id, row.severity))
         })?;
+        let description = match row.description_exact {
+            None => row.description,
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                StorageError::Corrupt(format!("event {}: description_exact: {e}", row.id))
+            })?,
+        };
         let attributes = match row.attributes {
             None => None,
             Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
@@ -137,7 +158,7 @@ impl TryFrom<EventRow> for Event {
             source_name: row.source_name,
             event_type: row.event_type,
             severity,
-            description: row.description,
+            description,
             occurred_at: row.occurred_at.map(from_micros),
             attributes,
             created_at: from_micros(row.created_at),
@@ -164,7 +185,7 @@ fn stored_event(record: &EventRecord, id: i64) -> Event {
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO events (uid, source_name, event_type, severity, description, \
-         occurred_at, attributes, created_at) VALUES ",
+         description_exact, occurred_at, attributes, created_at) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -217,15 +238,20 @@ impl EventStatements for Sqlite {
         let mut inserted = Vec::with_capacity(records.len());
         for chunk in records.chunks(INSERT_CHUNK_ROWS) {
             let sql = insert_sql(chunk.len());
+            let descriptions: Vec<_> = chunk
+                .iter()
+                .map(|record| description_columns(&record.event.description))
+                .collect();
             let mut query = sqlx::query_as::<Sqlite, (i64, String, i16)>(AssertSqlSafe(sql));
-            for record in chunk {
+            for (record, (description, description_exact)) in chunk.iter().zip(&descriptions) {
                 let event = &record.event;
                 query = query
                     .bind(record.uid.as_str())
                     .bind(event.source_name.as_str())
                     .bind(event.event_type.as_str())
                     .bind(event.severity.rank())
-                    .bind(event.description.as_str())
+                    .bind(description.as_ref())
+                    .bind(description_exact.as_deref())
                     .bind(event.occurred_at.map(to_micros))
                     .bind(attributes_text(record))
                     .bind(to_micros(record.created_at));
@@ -297,21 +323,27 @@ async fn pg_insert_event_chunk(
     records: &[&EventRecord],
 ) -> Result<Vec<(i64, String, i16)>, StorageError> {
     let n = records.len();
+    let description_columns: Vec<_> = records
+        .iter()
+        .map(|record| description_columns(&record.event.description))
+        .collect();
     let mut uids = Vec::with_capacity(n);
     let mut source_names = Vec::with_capacity(n);
     let mut event_types = Vec::with_capacity(n);
     let mut severities = Vec::with_capacity(n);
     let mut descriptions = Vec::with_capacity(n);
+    let mut exact_descriptions = Vec::with_capacity(n);
     let mut occurred_ats = Vec::with_capacity(n);
     let mut attributes = Vec::with_capacity(n);
     let mut created_ats = Vec::with_capacity(n);
-    for record in records {
+    for (record, (description, exact)) in records.iter().zip(&description_columns) {
         let event = &record.event;
         uids.push(record.uid.as_str());
         source_names.push(event.source_name.as_str());
         event_types.push(event.event_type.as_str());
         severities.push(event.severity.rank());
-        descriptions.push(event.description.as_str());
+        descriptions.push(description.as_ref());
+        exact_descriptions.push(exact.as_deref());
         occurred_ats.push(event.occurred_at.map(to_micros));
         attributes.push(attributes_text(record));
         created_ats.push(to_micros(record.created_at));
@@ -322,6 +354,7 @@ async fn pg_insert_event_chunk(
         .bind(event_types)
         .bind(severities)
         .bind(descriptions)
+        .bind(exact_descriptions)
         .bind(occurred_ats)
         .bind(attributes)
         .bind(created_ats)
@@ -385,7 +418,7 @@ impl Storage {
             return Ok(StoredEvents::default());
         }
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
             let inserted = <Db as EventStatements>::insert_events(&mut tx, &records).await?;
             let mut new_ids: HashMap<&str, i64> = HashMap::with_capacity(inserted.len());
             for (id, uid, _) in &inserted {

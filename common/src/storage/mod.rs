@@ -107,6 +107,14 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StorageError::Unavailable(_))
     }
+
+    /// An error getting a connection or starting a transaction: never the data's fault, so
+    /// always transient. (A server refusing connections answers with a database error, such
+    /// as "database is not currently accepting connections", that would otherwise read as a
+    /// refusal of the data and dead-letter what is only waiting for the database.)
+    pub(crate) fn connecting(err: sqlx::Error) -> StorageError {
+        StorageError::Unavailable(err)
+    }
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -151,6 +159,31 @@ fn is_sqlite_busy(err: &sqlx::Error) -> bool {
                     .code()
                     .and_then(|code| code.parse::<i32>().ok())
                     .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// How long [`Storage::migrate`] keeps retrying while the database is busy or locked.
+const MIGRATE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// True when a migration failed only because another session held a lock: SQLite's busy or
+/// locked, or Postgres's lock_not_available (55P03), deadlock_detected (40P01) or
+/// serialization_failure (40001). Everything else (a file that is not a database, a
+/// conflicting table, a changed migration) fails the same way when retried.
+fn migrate_error_is_lock(err: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(err) | MigrateError::ExecuteMigration(err, _)) = err else {
+        return false;
+    };
+    if is_sqlite_busy(err) {
+        return true;
+    }
+    match err {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+                && matches!(db.code().as_deref(), Some("55P03" | "40P01" | "40001"))
         }
         _ => false,
     }
@@ -281,24 +314,46 @@ impl Storage {
     ///
     /// Postgres serializes migrators with an advisory lock. SQLite has no such lock, so two
     /// processes may race to apply the same migration: the loser's transaction fails and
-    /// rolls back, and a retry then finds the migration applied.
+    /// rolls back, with "busy" while the winner holds the write lock, or, when the winner
+    /// committed between the loser's look at `_sqlx_migrations` and its own insert there,
+    /// with a unique-constraint (or "duplicate column") error. A retry then finds the
+    /// migration applied. So an attempt is retried while the database is busy or locked, or
+    /// when another migrator applied a migration meanwhile; any other error is reported at
+    /// once, with its cause.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        let mut attempt = 0;
+        let deadline = tokio::time::Instant::now() + MIGRATE_PATIENCE;
+        let mut attempt = 0u64;
         loop {
+            let applied_before = self.applied_migrations().await;
             let result = match self {
                 Storage::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
                 Storage::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
             };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(err) if attempt < 50 => {
-                    attempt += 1;
-                    tracing::debug!(error = %err, attempt, "migration raced another process; retrying");
-                    tokio::time::sleep(Duration::from_millis(20 * attempt.min(25))).await;
-                }
-                Err(err) => return Err(err.into()),
+            let Err(err) = result else {
+                return Ok(());
+            };
+            let busy = migrate_error_is_lock(&err);
+            // A loser of the race fails on what the winner committed, and the count of
+            // applied migrations shows the winner was there. It can grow only as often as
+            // there are migrations, so retrying on it ends.
+            let raced = !busy && self.applied_migrations().await > applied_before;
+            if !(busy || raced) || tokio::time::Instant::now() >= deadline {
+                return Err(err.into());
             }
+            attempt += 1;
+            tracing::debug!(error = %err, attempt, busy, raced, "migration raced another process; retrying");
+            tokio::time::sleep(Duration::from_millis(20 * attempt.min(25))).await;
         }
+    }
+
+    /// How many migrations `_sqlx_migrations` records as applied (0 before the first).
+    async fn applied_migrations(&self) -> i64 {
+        let counted: Result<i64, sqlx::Error> = on_pool!(self, |pool| {
+            sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(pool)
+                .await
+        });
+        counted.unwrap_or(0)
     }
 
     /// Runs a write until SQLite stops answering "busy" (30 s at most). SQLite's own busy
