@@ -233,22 +233,10 @@ pub fn header_safe(text: &str) -> HeaderValue {
     line.parse().unwrap_or_default()
 }
 
-/// Publishes a copy of `message` to `deadletter.<stage>` with `reason`, and waits for the
-/// stream's acknowledgement. The caller acknowledges the original only after this returns.
-/// A redelivered original makes the same dead letter, which JetStream drops as a duplicate.
-pub async fn dead_letter(
-    js: &jetstream::Context,
-    stage: &str,
-    message: &jetstream::Message,
-    reason: &str,
-) -> Result<(), BusError> {
-    publish_all(js, vec![dead_letter_message(stage, message, reason)]).await?;
-    Ok(())
-}
-
-/// The dead letter of `message`: its payload byte for byte, the reason and where it came
-/// from in headers (every one made header-safe), and an idempotency key from its place in
-/// its stream, so that a redelivered original makes a duplicate JetStream drops.
+/// The dead letter of `message` for `deadletter.<stage>`: its payload byte for byte, the
+/// reason and where it came from in headers (every one made header-safe), and an
+/// idempotency key from its place in its stream, so that a redelivered original makes a
+/// duplicate JetStream drops. The original is acknowledged only once this is published.
 pub fn dead_letter_message(stage: &str, message: &jetstream::Message, reason: &str) -> Outgoing {
     let mut headers = HeaderMap::new();
     headers.insert(REASON_HEADER, header_safe(reason));

@@ -198,8 +198,9 @@ pub struct Settlement {
     /// Not done for a reason that may pass (database or broker unavailable): redeliver later,
     /// however many times it takes.
     pub retry: Vec<jetstream::Message>,
-    /// Not done for a reason that may not pass (a refusal, a corrupt row, a panic), with that
-    /// reason: redelivered until it has been delivered `MAX_DELIVER` times, then dead-lettered.
+    /// Not done for a reason that may not pass (a corrupt row, an unencodable message, a
+    /// panic), with that reason: redelivered until it has been delivered `MAX_DELIVER` times,
+    /// then dead-lettered.
     pub failed: Vec<(jetstream::Message, String)>,
     /// Never will be done (not a valid message), with the reason: dead-lettered now.
     pub dead: Vec<(jetstream::Message, String)>,
@@ -253,9 +254,14 @@ impl Settlement {
         for (message, reason) in failed {
             let delivered = deliveries(&message);
             if delivered >= i64::from(letters.max_deliver) {
+                let deliveries = if delivered == 1 {
+                    "delivery"
+                } else {
+                    "deliveries"
+                };
                 dead.push((
                     message,
-                    format!("gave up after {delivered} deliveries: {reason}"),
+                    format!("gave up after {delivered} {deliveries}: {reason}"),
                 ));
             } else {
                 tracing::warn!(

@@ -342,6 +342,34 @@ pub async fn publish_with_raw_header(port: u16, subject: &str, header_value: &[u
     }
 }
 
+/// The path of one of the workspace's binaries (`ingestor`, `api`, `threatctl`, …), all built
+/// once if this test run has not built them, for tests that run them as processes.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(&workspace);
+        // The variables cargo sets for this test would make build scripts rerun.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+                build.env_remove(name);
+            }
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+        // This test runs from target/<profile>/deps/.
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().to_path_buf()
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
 /// A realistic event; `i` picks the sensor and type, `severity` is as given.
 pub fn event(i: usize, severity: Severity) -> Value {
     const SOURCES: [&str; 4] = ["fw-edge-01", "ids-core", "edr.laptop-17", "waf eu"];

@@ -5,47 +5,20 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::domain::Severity;
 use common::storage::{AlertFilter, EventFilter, Storage};
 use serde_json::Value;
 use testkit::{NatsServer, TestDb, eventually, free_port};
+use threatmon_tests::binary;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const SECRET_KEY: &str = "e2e-secret-key-that-is-long-enough-for-hs256";
 const ADMIN: (&str, &str) = ("e2e-admin", "e2e-admin-password");
-
-/// The workspace's binaries, built once if this test run has not built them.
-fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--workspace", "--bins"])
-            .current_dir(&workspace);
-        // The variables cargo sets for this test would make build scripts rerun.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
-                build.env_remove(name);
-            }
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "building the binaries failed");
-        // This test runs from target/<profile>/deps/.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().to_path_buf()
-    });
-    let path = dir.join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
 
 /// A child process killed (SIGKILL) when dropped.
 struct Proc {

@@ -8,47 +8,19 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::ops;
 use common::storage::Storage;
 use serde_json::{Value, json};
 use testkit::{NatsServer, TestDb, eventually, free_port};
+use threatmon_tests::binary;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const SECRET_KEY: &str = "metrics-secret-key-that-is-long-enough-for-hs256";
 const ADMIN: (&str, &str) = ("metrics-admin", "metrics-admin-password");
-
-/// The workspace's binaries, built once if this test run has not built them.
-fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--workspace", "--bins"])
-            .current_dir(&workspace);
-        // The variables cargo sets for this test would make build scripts rerun.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
-                build.env_remove(name);
-            }
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "building the binaries failed");
-        // This test runs from target/<profile>/deps/.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().to_path_buf()
-    });
-    let path = dir.join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
 
 /// A child process killed when dropped.
 struct Proc(Child);
