@@ -8,18 +8,7 @@ use common::bus::header_safe;
 use common::domain::{EventIn, EventRejection, identifier_problem};
 use proptest::prelude::*;
 use serde_json::Value;
-use testkit::strategies::{json_value, nasty_string};
-
-/// Fields the parser knows, so that generated objects hit them often.
-const FIELDS: [&str; 7] = [
-    "sourceName",
-    "eventType",
-    "severity",
-    "description",
-    "uid",
-    "occurred_at",
-    "attributes",
-];
+use testkit::strategies::{EVENT_FIELDS as FIELDS, json_value, nasty_string};
 
 /// An object whose keys are mostly the parser's own fields.
 fn event_like() -> impl Strategy<Value = Value> {

@@ -3,6 +3,17 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+/// The fields of an event as a sensor sends it, for generators that aim at them.
+pub const EVENT_FIELDS: [&str; 7] = [
+    "sourceName",
+    "eventType",
+    "severity",
+    "description",
+    "uid",
+    "occurred_at",
+    "attributes",
+];
+
 /// Strings that break things: control characters (C0, DEL, C1) and NUL, U+FFFD, line
 /// separators, runs of 15k–17k copies of one character (up to 68 KiB), likely field values,
 /// and anything at all.

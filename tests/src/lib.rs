@@ -370,6 +370,45 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// One HTTP/1.1 request to 127.0.0.1:`port` over a fresh connection, with an optional bearer
+/// token and JSON body; returns (status, body). For tests of services run as processes.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// A realistic event; `i` picks the sensor and type, `severity` is as given.
 pub fn event(i: usize, severity: Severity) -> Value {
     const SOURCES: [&str; 4] = ["fw-edge-01", "ids-core", "edr.laptop-17", "waf eu"];

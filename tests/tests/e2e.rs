@@ -13,8 +13,8 @@ use common::domain::Severity;
 use common::storage::{AlertFilter, EventFilter, Storage};
 use serde_json::Value;
 use testkit::{NatsServer, TestDb, eventually, free_port};
-use threatmon_tests::binary;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use threatmon_tests::{binary, http};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const SECRET_KEY: &str = "e2e-secret-key-that-is-long-enough-for-hs256";
@@ -154,44 +154,6 @@ impl System {
         .await;
         escalated
     }
-}
-
-/// One HTTP/1.1 request over a fresh connection; returns (status, body).
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Lines a background reader collected.

@@ -16,21 +16,13 @@ use common::subjects;
 use proptest::prelude::*;
 use serde_json::json;
 use testkit::eventually;
-use testkit::strategies::{json_value, nasty_string};
+use testkit::strategies::{EVENT_FIELDS, json_value, nasty_string};
 use threatmon_tests::{PATIENCE, Pipeline, RunningWorker};
 
 /// A message body: arbitrary bytes, or an event whose every field may be replaced by
 /// anything (so that many are valid and many are almost valid).
 fn payload() -> impl Strategy<Value = Vec<u8>> {
-    let field = prop::sample::select(vec![
-        "sourceName",
-        "eventType",
-        "severity",
-        "description",
-        "uid",
-        "occurred_at",
-        "attributes",
-    ]);
+    let field = prop::sample::select(EVENT_FIELDS.to_vec());
     let event = prop::collection::vec((field, json_value()), 0..4).prop_map(|changes| {
         let mut event = json!({"sourceName": "fw1", "eventType": "port_scan", "severity": "HIGH"});
         for (field, value) in changes {

@@ -15,8 +15,7 @@ use common::ops;
 use common::storage::Storage;
 use serde_json::{Value, json};
 use testkit::{NatsServer, TestDb, eventually, free_port};
-use threatmon_tests::binary;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use threatmon_tests::{binary, http};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const SECRET_KEY: &str = "metrics-secret-key-that-is-long-enough-for-hs256";
@@ -30,44 +29,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// One HTTP/1.1 request over a fresh connection; returns (status, body).
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    let body = body.map(Value::to_string).unwrap_or_default();
-    if !body.is_empty() {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 async fn wait_ready(port: u16, path: &str) {
@@ -189,7 +150,7 @@ async fn every_family_of_the_three_services_has_help_and_type() {
 
     // Traffic through every stage: events in over HTTP and NATS (one of them bad), an
     // alert made and acknowledged, pages read and missed.
-    let login = json!({"username": ADMIN.0, "password": ADMIN.1});
+    let login = json!({"username": ADMIN.0, "password": ADMIN.1}).to_string();
     let (status, text) = http(api_port, "POST", "/api/auth/login/", None, Some(&login))
         .await
         .unwrap();
@@ -201,7 +162,8 @@ async fn every_family_of_the_three_services_has_help_and_type() {
     let events = json!([
         {"sourceName": "fw-edge-01", "eventType": "port_scan", "severity": "HIGH"},
         {"sourceName": "fw-edge-01", "eventType": "login", "severity": "LOW"},
-    ]);
+    ])
+    .to_string();
     let (status, text) = http(
         api_port,
         "POST",
@@ -233,7 +195,7 @@ async fn every_family_of_the_three_services_has_help_and_type() {
     let id = serde_json::from_str::<Value>(&text).unwrap()["results"][0]["id"]
         .as_i64()
         .unwrap();
-    let patch = json!({"status": "ACKNOWLEDGED"});
+    let patch = json!({"status": "ACKNOWLEDGED"}).to_string();
     let path = format!("/api/alerts/{id}/");
     let (status, text) = http(api_port, "PATCH", &path, Some(&token), Some(&patch))
         .await
