@@ -448,7 +448,12 @@ pub async fn catching_panics<T>(work: impl Future<Output = T>) -> Result<T, Stri
     std::panic::AssertUnwindSafe(work)
         .catch_unwind()
         .await
-        .map_err(|panic| format!("panicked: {}", panic_message(panic.as_ref())))
+        .map_err(|panic| panicked(panic.as_ref()))
+}
+
+/// The reason a panic gives a dead letter: `panicked: <message>`.
+pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    format!("panicked: {}", panic_message(panic))
 }
 
 /// The text a panic was raised with, if it was raised with text.

@@ -120,10 +120,7 @@ impl Ingestor {
             match checked {
                 Ok(Ok(record)) => valid.push(Valid { message, record }),
                 Ok(Err(reason)) => settlement.dead_letter(message, reason),
-                Err(panic) => {
-                    let reason = format!("panicked: {}", worker::panic_message(panic.as_ref()));
-                    settlement.fail(message, reason);
-                }
+                Err(panic) => settlement.fail(message, worker::panicked(panic.as_ref())),
             }
         }
         worker::process_isolating(self, valid, &mut settlement).await;
