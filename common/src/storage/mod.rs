@@ -484,11 +484,11 @@ fn row_placeholders(sql: &mut String, first: usize, columns: usize) {
     sql.push(')');
 }
 
-/// Most bytes of bound values in one Postgres statement. sqlx 0.9 leaves Nagle's algorithm on
-/// (transact-rs/sqlx#4335): a message longer than one loopback segment (~64 KiB) waits ~40 ms
-/// for a delayed ACK, which made a 500-event batch take 48 ms instead of 5. Statements are
-/// kept well under one segment.
-const PG_STATEMENT_BYTES: usize = 32 * 1024;
+/// Most bytes of bound values in one Postgres statement: a whole batch of events usually
+/// fits, and a batch of huge events is split rather than buffered as one message of many
+/// MiB. (The socket has TCP_NODELAY, see `vendor/sqlx-core/PATCHED.md`: a large statement no
+/// longer waits for a delayed ACK.)
+const PG_STATEMENT_BYTES: usize = 1024 * 1024;
 
 /// Splits `items` into runs whose estimated bound size stays under [`PG_STATEMENT_BYTES`]
 /// (every run holds at least one item).
@@ -589,14 +589,14 @@ mod tests {
 
     #[test]
     fn postgres_statements_are_split_by_size() {
-        let items = vec![10_000usize; 10];
+        let items = vec![PG_STATEMENT_BYTES / 4; 10];
         let chunks = pg_chunks(&items, |n| *n);
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 10);
         assert!(
             chunks.iter().all(|c| c.len() == 3 || c.len() == 1),
             "{chunks:?}"
         );
-        let huge = vec![100_000usize; 2];
+        let huge = vec![PG_STATEMENT_BYTES * 2; 2];
         assert_eq!(pg_chunks(&huge, |n| *n).len(), 2);
         assert!(pg_chunks(&Vec::<usize>::new(), |n| *n).is_empty());
     }
