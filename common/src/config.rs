@@ -53,6 +53,13 @@ pub struct Pulling {
     #[arg(long, env = "MAX_DELIVER", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliver: u32,
+
+    /// Batches one worker has in hand at once. At 2 the next batch's transaction runs
+    /// while the last one's publishes and acknowledgements travel, so the database and the
+    /// broker work at the same time; 1 handles one batch at a time.
+    #[arg(long, env = "BATCHES_IN_FLIGHT", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub batches_in_flight: u16,
 }
 
 impl Pulling {

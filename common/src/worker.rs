@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, BusError};
@@ -29,6 +30,8 @@ pub struct Source {
     pub consumer: pull::Config,
     /// Most messages handed to one step.
     pub batch_size: usize,
+    /// Steps running at once (each on its own batch); at least 1.
+    pub batches_in_flight: usize,
 }
 
 /// The wait between attempts to reach a broker that is gone, growing to a cap.
@@ -85,8 +88,14 @@ async fn open(
         .map_err(|e| BusError::setup(format!("pulling from {}", source.stream), e))
 }
 
-/// Runs `step` on each batch from `source` until `shutdown` is cancelled. Returns once the
-/// batch in hand (if any) is finished. `ready` is true while pulling.
+/// Runs `step` on each batch from `source` until `shutdown` is cancelled, with up to
+/// `source.batches_in_flight` steps at once. Returns once the batches in hand are finished.
+/// `ready` is true while pulling.
+///
+/// Several steps at once, so that a worker's database and broker work overlap: while one
+/// batch waits for its PubAcks and acknowledgements, the next one's transaction runs. Each
+/// step still settles its own messages only after its own work is done, so the guarantee
+/// (acknowledged last) holds per message whatever the order the steps finish in.
 pub async fn run_batches<F, Fut>(
     js: jetstream::Context,
     source: Source,
@@ -97,6 +106,7 @@ pub async fn run_batches<F, Fut>(
     F: FnMut(Vec<jetstream::Message>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let most_in_flight = source.batches_in_flight.max(1);
     let mut backoff = Backoff::new();
     'connect: while !shutdown.is_cancelled() {
         let messages = match open(&js, &source).await {
@@ -112,13 +122,19 @@ pub async fn run_batches<F, Fut>(
         tracing::info!(stream = source.stream, "pulling");
         ready.set(true);
         let mut batches = messages.ready_chunks(source.batch_size);
+        let mut in_flight = FuturesUnordered::new();
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break 'connect,
+                () = shutdown.cancelled() => {
+                    finish(&mut in_flight).await;
+                    break 'connect;
+                }
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
                 // Unconstrained: tokio's cooperative budget would end each chunk after 128
                 // messages however many are waiting, capping batches far below batch_size.
-                next = tokio::task::unconstrained(batches.next()) => next,
+                next = tokio::task::unconstrained(batches.next()),
+                    if in_flight.len() < most_in_flight => next,
             };
             let Some(items) = next else {
                 tracing::warn!(stream = source.stream, "message stream ended; reopening");
@@ -134,22 +150,7 @@ pub async fn run_batches<F, Fut>(
             }
             if !batch.is_empty() {
                 backoff.reset();
-                let size = batch.len();
-                let started = std::time::Instant::now();
-                // The steps catch panics around their own work; this is the last line. A
-                // batch whose step panicked here is redelivered after ack_wait.
-                if let Err(panic) = catching_panics(step(batch)).await {
-                    tracing::error!(
-                        stream = source.stream,
-                        panic,
-                        "a step panicked; its batch will be redelivered"
-                    );
-                }
-                tracing::debug!(
-                    size,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "batch done"
-                );
+                in_flight.push(run_step(source.stream, step(batch)));
             }
             if let Some(err) = failure {
                 // Missed heartbeats, a server restart, a deleted consumer: start over.
@@ -157,6 +158,7 @@ pub async fn run_batches<F, Fut>(
                 break;
             }
         }
+        finish(&mut in_flight).await;
         ready.set(false);
         if !backoff.wait(&shutdown).await {
             break;
@@ -164,6 +166,25 @@ pub async fn run_batches<F, Fut>(
     }
     ready.set(false);
     tracing::info!(stream = source.stream, "stopped pulling");
+}
+
+/// One step on one batch, timed. The steps catch panics around their own work; this is the
+/// last line: a batch whose step panicked here is redelivered after ack_wait.
+async fn run_step(stream: &'static str, step: impl Future<Output = ()>) {
+    let started = std::time::Instant::now();
+    if let Err(panic) = catching_panics(step).await {
+        tracing::error!(
+            stream,
+            panic,
+            "a step panicked; its batch will be redelivered"
+        );
+    }
+    tracing::debug!(took_us = started.elapsed().as_micros() as u64, "batch done");
+}
+
+/// Waits for every step in hand to finish.
+async fn finish<F: Future<Output = ()>>(in_flight: &mut FuturesUnordered<F>) {
+    while in_flight.next().await.is_some() {}
 }
 
 /// Reports a durable consumer's backlog as gauges every few seconds, until `shutdown`.

@@ -237,6 +237,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         stream: subjects::EVENTS_STREAM,
         consumer: subjects::ingestor_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
+        batches_in_flight: usize::from(settings.pulling.batches_in_flight),
     };
     worker::run_worker(
         "ingestor",

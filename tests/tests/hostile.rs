@@ -250,6 +250,7 @@ async fn a_step_that_panics_on_one_message_dead_letters_it_and_stores_the_rest_o
         stream: subjects::EVENTS_STREAM,
         consumer: subjects::ingestor_consumer(TEST_ACK_WAIT),
         batch_size: 1000,
+        batches_in_flight: 2,
     };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker::run_worker(
@@ -298,7 +299,7 @@ async fn store_corrupt_event(storage: &Storage, uid: &str) {
                occurred_at, attributes, created_at) VALUES ($1, 'fw1', 'x', 3, '', NULL, \
                '{not json', 0)";
     match storage {
-        Storage::Sqlite(pool) => {
+        Storage::Sqlite(pool, _) => {
             sqlx::query(sql).bind(uid).execute(pool).await.unwrap();
         }
         Storage::Postgres(pool) => {

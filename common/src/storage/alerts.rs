@@ -8,12 +8,12 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts, anonymous_placeholders, on_pool, pg_chunks};
+use super::{
+    CountShards, Storage, StorageError, add_counts, anonymous_placeholders, fixed_shape_chunks,
+    in_write_transaction, on_pool, pg_chunks,
+};
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
-/// Rows per multi-row `INSERT` on SQLite (7 columns × 500 rows: far below its 32,766 bound
-/// parameters).
-const INSERT_CHUNK_ROWS: usize = 500;
 const ALERT_COLUMNS: usize = 7;
 const STATUS_CHANGE_COLUMNS: &str =
     "id, alert_id, from_status, to_status, changed_by, note, changed_at";
@@ -272,7 +272,7 @@ impl AlertStatements for Sqlite {
         now: i64,
     ) -> Result<Vec<(i64, i16)>, StorageError> {
         let mut inserted = Vec::with_capacity(events.len());
-        for chunk in events.chunks(INSERT_CHUNK_ROWS) {
+        for chunk in fixed_shape_chunks(events) {
             let sql = anonymous_rows_sql(
                 "INSERT INTO alerts (event_id, source_name, event_type, severity, status, \
                  created_at, updated_at) VALUES ",
@@ -301,7 +301,7 @@ impl AlertStatements for Sqlite {
         alert_ids: &[i64],
         now: i64,
     ) -> Result<(), StorageError> {
-        for chunk in alert_ids.chunks(INSERT_CHUNK_ROWS) {
+        for chunk in fixed_shape_chunks(alert_ids) {
             let sql = anonymous_rows_sql(
                 "INSERT INTO alert_status_changes (alert_id, to_status, changed_at) VALUES ",
                 chunk.len(),
@@ -322,7 +322,7 @@ impl AlertStatements for Sqlite {
         event_ids: &[i64],
     ) -> Result<Vec<AlertRow>, StorageError> {
         let mut rows = Vec::with_capacity(event_ids.len());
-        for chunk in event_ids.chunks(INSERT_CHUNK_ROWS) {
+        for chunk in fixed_shape_chunks(event_ids) {
             let mut sql = format!("{SELECT_ALERT} WHERE event_id IN ");
             anonymous_placeholders(&mut sql, chunk.len());
             let mut query = sqlx::query_as::<Sqlite, AlertRow>(AssertSqlSafe(sql));
@@ -441,9 +441,11 @@ impl<'a> AlertCountDelta<'a> {
 macro_rules! add_alert_counts {
     ($Db:ty, $tx:expr, $delta:expr) => {{
         let delta: &AlertCountDelta = $delta;
+        let shard = <$Db as CountShards>::claim_count_shard(&mut $tx).await?;
         add_counts!(
             $Db,
             $tx,
+            shard,
             "alert_counts",
             &["status", "severity"],
             &delta.by_status,
@@ -452,6 +454,7 @@ macro_rules! add_alert_counts {
         add_counts!(
             $Db,
             $tx,
+            shard,
             "alert_counts_by_type",
             &["event_type", "status", "severity"],
             &delta.by_type,
@@ -463,6 +466,7 @@ macro_rules! add_alert_counts {
         add_counts!(
             $Db,
             $tx,
+            shard,
             "alert_counts_by_source",
             &["source_name", "status", "severity"],
             &delta.by_source,
@@ -500,8 +504,7 @@ impl Storage {
         }
         let event_ids: Vec<i64> = events.iter().map(|e| e.id).collect();
         let now = to_micros(now);
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
+        in_write_transaction!(self, |tx| {
             let created = <Db as AlertStatements>::insert_alerts(&mut tx, &events, now).await?;
             let created_ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
             if !created_ids.is_empty() {
@@ -646,8 +649,7 @@ impl Storage {
              RETURNING {STATUS_CHANGE_COLUMNS}"
         );
         let select_sql = format!("{SELECT_ALERT} WHERE id = $1");
-        let (row, change) = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
+        let (row, change) = in_write_transaction!(self, |tx| {
             let current = sqlx::query_as::<Db, (String, i16, String, String)>(
                 "UPDATE alerts SET updated_at = updated_at WHERE id = $1 \
                  RETURNING status, severity, event_type, source_name",

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 
 use super::filter::{Clauses, Param, bind_params};
-use super::{Storage, StorageError, add_counts, anonymous_placeholders, on_pool, pg_chunks};
+use super::{
+    CountShards, Storage, StorageError, add_counts, anonymous_placeholders, fixed_shape_chunks,
+    in_write_transaction, on_pool, pg_chunks,
+};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
-/// Rows per multi-row `INSERT` on SQLite: 8 columns × 500 rows stays far below its limit on
-/// bound parameters (32,766).
-const INSERT_CHUNK_ROWS: usize = 500;
 const EVENT_COLUMNS: usize = 9;
 const SELECT_EVENT: &str = "SELECT id, uid, source_name, event_type, severity, description, \
                             description_exact, occurred_at, attributes, created_at FROM events";
@@ -236,7 +236,7 @@ impl EventStatements for Sqlite {
         records: &[&EventRecord],
     ) -> Result<Vec<(i64, String, i16)>, StorageError> {
         let mut inserted = Vec::with_capacity(records.len());
-        for chunk in records.chunks(INSERT_CHUNK_ROWS) {
+        for chunk in fixed_shape_chunks(records) {
             let sql = insert_sql(chunk.len());
             let descriptions: Vec<_> = chunk
                 .iter()
@@ -266,7 +266,7 @@ impl EventStatements for Sqlite {
         uids: &[&str],
     ) -> Result<Vec<EventRow>, StorageError> {
         let mut rows = Vec::with_capacity(uids.len());
-        for chunk in uids.chunks(INSERT_CHUNK_ROWS) {
+        for chunk in fixed_shape_chunks(uids) {
             let sql = in_list_sql(&format!("{SELECT_EVENT} WHERE uid"), chunk.len());
             let mut query = sqlx::query_as::<Sqlite, EventRow>(AssertSqlSafe(sql));
             for uid in chunk {
@@ -417,8 +417,7 @@ impl Storage {
         if records.is_empty() {
             return Ok(StoredEvents::default());
         }
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(StorageError::connecting)?;
+        in_write_transaction!(self, |tx| {
             let inserted = <Db as EventStatements>::insert_events(&mut tx, &records).await?;
             let mut new_ids: HashMap<&str, i64> = HashMap::with_capacity(inserted.len());
             for (id, uid, _) in &inserted {
@@ -455,9 +454,11 @@ impl Storage {
             }
 
             // Last before the commit, so that the count rows stay locked briefly.
+            let shard = <Db as CountShards>::claim_count_shard(&mut tx).await?;
             add_counts!(
                 Db,
                 tx,
+                shard,
                 "event_counts",
                 &["severity"],
                 &added.by_severity,
@@ -466,6 +467,7 @@ impl Storage {
             add_counts!(
                 Db,
                 tx,
+                shard,
                 "event_counts_by_type",
                 &["event_type", "severity"],
                 &added.by_type,
@@ -474,6 +476,7 @@ impl Storage {
             add_counts!(
                 Db,
                 tx,
+                shard,
                 "event_counts_by_source",
                 &["source_name", "severity"],
                 &added.by_source,

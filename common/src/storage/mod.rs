@@ -40,7 +40,7 @@ pub use users::{NewUser, UserChanges};
 macro_rules! on_pool {
     ($storage:expr, |$pool:ident| $body:expr) => {
         match $storage {
-            $crate::storage::Storage::Sqlite($pool) => {
+            $crate::storage::Storage::Sqlite($pool, _) => {
                 #[allow(dead_code)]
                 type Db = sqlx::Sqlite;
                 $body
@@ -55,6 +55,41 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Runs `$body` with `$tx` a write transaction begun on the storage's writer (SQLite: its
+/// one write connection, with `BEGIN IMMEDIATE`; Postgres: a pooled connection), with `Db`
+/// naming the backend as in [`on_pool!`]. `$body` commits; failing to begin is transient.
+///
+/// `BEGIN IMMEDIATE` takes SQLite's write lock first, so a writer that has to wait for
+/// another process waits before doing any work, and never has to undo and redo a
+/// transaction that lost the lock half-way (a deferred transaction is refused at its first
+/// write when another committed since it began reading).
+macro_rules! in_write_transaction {
+    ($storage:expr, |$tx:ident| $body:expr) => {
+        match $storage {
+            $crate::storage::Storage::Sqlite(_, writer) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                let mut $tx = writer
+                    .0
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err($crate::storage::StorageError::connecting)?;
+                $body
+            }
+            $crate::storage::Storage::Postgres(pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                let mut $tx = pool
+                    .begin()
+                    .await
+                    .map_err($crate::storage::StorageError::connecting)?;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use in_write_transaction;
+
 /// Which database engine backs a [`Storage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -67,11 +102,23 @@ pub enum Backend {
 /// The database: a pool of connections to SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    /// SQLite in WAL mode.
-    Sqlite(SqlitePool),
+    /// SQLite in WAL mode: a pool for reads, and the process's one connection for the
+    /// pipeline's writes.
+    Sqlite(SqlitePool, SqliteWriter),
     /// PostgreSQL.
     Postgres(PgPool),
 }
+
+/// The one SQLite connection a process writes events and alerts through (a pool of one, so
+/// that writers of one process queue in memory instead of taking turns on SQLite's lock),
+/// with a larger page cache than the readers': a batch's index pages stay in memory until
+/// its commit instead of spilling into the WAL half-way.
+#[derive(Debug, Clone)]
+pub struct SqliteWriter(SqlitePool);
+
+/// Page cache of the writer connection, KiB (SQLite's `cache_size` takes a negative number
+/// as KiB).
+const SQLITE_WRITER_CACHE_KIB: u32 = 16 * 1024;
 
 /// What can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
@@ -267,10 +314,23 @@ impl Storage {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options.clone())
                     .await;
+                let opened = match opened {
+                    Ok(readers) => SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .connect_with(
+                            options
+                                .clone()
+                                .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}")),
+                        )
+                        .await
+                        .map(|writer| (readers, writer)),
+                    Err(err) => Err(err),
+                };
                 match opened {
-                    Ok(pool) => {
-                        spawn_checkpointer(pool.clone());
-                        return Ok(Storage::Sqlite(pool));
+                    Ok((readers, writer)) => {
+                        spawn_checkpointer(readers.clone());
+                        return Ok(Storage::Sqlite(readers, SqliteWriter(writer)));
                     }
                     Err(err) if is_sqlite_busy(&err) && tokio::time::Instant::now() < deadline => {
                         attempt += 1;
@@ -305,7 +365,7 @@ impl Storage {
     /// Which engine this is.
     pub fn backend(&self) -> Backend {
         match self {
-            Storage::Sqlite(_) => Backend::Sqlite,
+            Storage::Sqlite(..) => Backend::Sqlite,
             Storage::Postgres(_) => Backend::Postgres,
         }
     }
@@ -326,7 +386,7 @@ impl Storage {
         loop {
             let applied_before = self.applied_migrations().await;
             let result = match self {
-                Storage::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+                Storage::Sqlite(pool, _) => SQLITE_MIGRATIONS.run(pool).await,
                 Storage::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
             };
             let Err(err) = result else {
@@ -395,7 +455,7 @@ impl Storage {
         work: impl Future<Output = T>,
     ) -> Result<T, StorageError> {
         match self {
-            Storage::Sqlite(pool) => {
+            Storage::Sqlite(pool, _) => {
                 let database = pool.connect_options().get_filename().to_path_buf();
                 let _lock = if database.is_file() {
                     Some(lock_file_beside(&database).await?)
@@ -427,7 +487,13 @@ impl Storage {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
-        on_pool!(self, |pool| pool.close().await)
+        match self {
+            Storage::Sqlite(readers, writer) => {
+                writer.0.close().await;
+                readers.close().await;
+            }
+            Storage::Postgres(pool) => pool.close().await,
+        }
     }
 }
 
@@ -526,23 +592,42 @@ fn anonymous_placeholders(sql: &mut String, columns: usize) {
     sql.push(')');
 }
 
-/// Keys per count upsert statement: a batch of a thousand events from as many sensors makes
-/// several short statements rather than one long one.
-pub(crate) const COUNT_UPSERT_ROWS: usize = 250;
+/// Rows per statement of SQLite's multi-row statements, largest first: a run of rows is
+/// sent as statements of these sizes only (1,000 rows: 3 × 256, 3 × 64, 2 × 16, 2 × 4), so
+/// that a handful of statement texts serve every batch and stay prepared in sqlx's statement
+/// cache. One text per row count made each new batch size a new statement to compile
+/// (thousands of placeholders) and filled the cache with programs of hundreds of KiB.
+/// 256 rows of 9 columns stay far below SQLite's limit on bound parameters (32,766).
+const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// Adds the counts of `$delta` (a `BTreeMap` from key to count, so keys in order) to the
-/// counts table `$table` with key columns `$keys`, in upserts of at most
-/// [`COUNT_UPSERT_ROWS`] keys; `|$query, $key| $bind` binds one key's columns. Nothing when
-/// `$delta` is empty. Callers add to their tables in one fixed order (see the migrations).
+/// Splits `items` into runs whose lengths are all in [`STATEMENT_ROWS`], in order.
+pub(crate) fn fixed_shape_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let size = STATEMENT_ROWS
+            .into_iter()
+            .find(|&size| size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Adds the counts of `$delta` (a `BTreeMap` from key to count, so keys in order) to shard
+/// `$shard` of the counts table `$table` with key columns `$keys`, in upserts of the sizes
+/// [`fixed_shape_chunks`] makes; `|$query, $key| $bind` binds one key's columns. Nothing
+/// when `$delta` is empty. `$shard` comes from [`CountShards::claim_count_shard`] in the
+/// same transaction.
 macro_rules! add_counts {
-    ($Db:ty, $tx:expr, $table:expr, $keys:expr, $delta:expr, |$query:ident, $key:pat_param| $bind:expr) => {{
+    ($Db:ty, $tx:expr, $shard:expr, $table:expr, $keys:expr, $delta:expr, |$query:ident, $key:pat_param| $bind:expr) => {{
         let delta: Vec<_> = $delta.iter().collect();
-        for chunk in delta.chunks($crate::storage::COUNT_UPSERT_ROWS) {
+        let shard: i16 = $shard;
+        for chunk in $crate::storage::fixed_shape_chunks(&delta) {
             let sql = $crate::storage::add_counts_sql($table, $keys, chunk.len());
             let mut $query = sqlx::query::<$Db>(sqlx::AssertSqlSafe(sql));
             for &(key, n) in chunk {
                 let $key = key;
-                $query = $bind.bind(*n);
+                $query = $bind.bind(shard).bind(*n);
             }
             $query.execute(&mut *$tx).await?;
         }
@@ -550,18 +635,13 @@ macro_rules! add_counts {
 }
 pub(crate) use add_counts;
 
-/// The upsert that adds `n` to the count of each of `rows` keys of a counts table
-/// (`event_counts`, `alert_counts`): `INSERT INTO table (keys…, n) VALUES (…), (…)
-/// ON CONFLICT (keys…) DO UPDATE SET n = table.n + excluded.n`.
-///
-/// Callers bind the rows in sorted key order and run it once per transaction, as late as they
-/// can: a Postgres upsert locks the rows it touches in `VALUES` order until the commit, so
-/// concurrent writers (several ingestors or alerters on one database) all take these locks in
-/// one order and cannot deadlock, and hold them only briefly.
+/// The upsert that adds `n` to the count of each of `rows` keys in one shard of a counts
+/// table (`event_counts`, `alert_counts`, …): `INSERT INTO table (keys…, shard, n) VALUES
+/// (…), (…) ON CONFLICT (keys…, shard) DO UPDATE SET n = table.n + excluded.n`.
 pub(crate) fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String {
-    let columns = keys.len() + 1;
+    let columns = keys.len() + 2;
     let keys = keys.join(", ");
-    let mut sql = format!("INSERT INTO {table} ({keys}, n) VALUES ");
+    let mut sql = format!("INSERT INTO {table} ({keys}, shard, n) VALUES ");
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -569,9 +649,60 @@ pub(crate) fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String 
         row_placeholders(&mut sql, row * columns + 1, columns);
     }
     sql.push_str(&format!(
-        " ON CONFLICT ({keys}) DO UPDATE SET n = {table}.n + excluded.n"
+        " ON CONFLICT ({keys}, shard) DO UPDATE SET n = {table}.n + excluded.n"
     ));
     sql
+}
+
+/// Shards of each counts table on PostgreSQL (see migration 0007): more than the writers
+/// that run at once (two batches in flight per worker, the api's changes), so a writer
+/// almost always finds one free without waiting.
+const POSTGRES_COUNT_SHARDS: i16 = 32;
+
+/// The advisory-lock class of count shards (`pg_advisory_xact_lock(class, shard)`; "tmcs").
+const COUNT_SHARD_LOCK_CLASS: i32 = 0x746d_6373;
+
+/// How a writing transaction picks the shard of the counts tables it adds to.
+pub(crate) trait CountShards: sqlx::Database {
+    /// A shard that no other running transaction writes, held until this one ends.
+    async fn claim_count_shard(conn: &mut Self::Connection) -> Result<i16, StorageError>;
+}
+
+/// SQLite: one writer at a time, so always shard 0.
+impl CountShards for sqlx::Sqlite {
+    async fn claim_count_shard(_conn: &mut Self::Connection) -> Result<i16, StorageError> {
+        Ok(0)
+    }
+}
+
+/// Postgres: the first shard whose advisory lock is free, tried without waiting, from a
+/// random start so that writers spread out. Only when every shard is taken does it wait,
+/// and then on one shard's lock, not on rows.
+impl CountShards for sqlx::Postgres {
+    async fn claim_count_shard(conn: &mut Self::Connection) -> Result<i16, StorageError> {
+        let free: Option<i16> = sqlx::query_scalar(
+            "SELECT CAST(s % $2 AS SMALLINT) \
+             FROM (SELECT CAST(floor(random() * $2) AS INT) AS start) AS r, \
+                  generate_series(r.start, r.start + $2 - 1) AS s \
+             WHERE pg_try_advisory_xact_lock($1, s % $2) LIMIT 1",
+        )
+        .bind(COUNT_SHARD_LOCK_CLASS)
+        .bind(i32::from(POSTGRES_COUNT_SHARDS))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(shard) = free {
+            return Ok(shard);
+        }
+        let shard: i16 = sqlx::query_scalar(
+            "SELECT CAST(pg_backend_pid() % $2 AS SMALLINT) \
+             FROM (SELECT pg_advisory_xact_lock($1, pg_backend_pid() % $2)) AS locked",
+        )
+        .bind(COUNT_SHARD_LOCK_CLASS)
+        .bind(i32::from(POSTGRES_COUNT_SHARDS))
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(shard)
+    }
 }
 
 #[cfg(test)]
@@ -602,6 +733,22 @@ mod tests {
     }
 
     #[test]
+    fn multi_row_statements_come_in_a_few_sizes_and_keep_every_row_in_order() {
+        for len in [0usize, 1, 3, 4, 17, 255, 256, 257, 913, 1000, 5000] {
+            let items: Vec<usize> = (0..len).collect();
+            let chunks: Vec<&[usize]> = fixed_shape_chunks(&items).collect();
+            assert!(chunks.iter().all(|c| STATEMENT_ROWS.contains(&c.len())));
+            assert_eq!(chunks.concat(), items, "{len} rows");
+        }
+        assert_eq!(
+            fixed_shape_chunks(&[0u8; 1000])
+                .map(<[u8]>::len)
+                .collect::<Vec<_>>(),
+            [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]
+        );
+    }
+
+    #[test]
     fn placeholders_number_rows_consecutively() {
         let mut sql = String::new();
         row_placeholders(&mut sql, 4, 3);
@@ -615,8 +762,9 @@ mod tests {
     fn count_upserts_add_to_every_key_given() {
         assert_eq!(
             add_counts_sql("alert_counts", &["status", "severity"], 2),
-            "INSERT INTO alert_counts (status, severity, n) VALUES ($1, $2, $3), ($4, $5, $6) \
-             ON CONFLICT (status, severity) DO UPDATE SET n = alert_counts.n + excluded.n"
+            "INSERT INTO alert_counts (status, severity, shard, n) VALUES ($1, $2, $3, $4), \
+             ($5, $6, $7, $8) ON CONFLICT (status, severity, shard) \
+             DO UPDATE SET n = alert_counts.n + excluded.n"
         );
     }
 }
