@@ -105,19 +105,24 @@ impl Alerter {
     /// Creates the alerts of a group in one transaction and publishes their notifications.
     async fn create_and_notify(&self, group: &[Escalation]) -> Result<(), StepFailure> {
         let events: Vec<Event> = group.iter().map(|e| e.event.clone()).collect();
+        let started = std::time::Instant::now();
         let created = self
             .storage
             .create_alerts(&events, Utc::now())
             .await
             .map_err(|err| worker::storage_failure("alert", &err))?;
+        let store_us = started.elapsed().as_micros() as u64;
         self.notify(&created.alerts)
             .await
             .map_err(|err| worker::bus_failure(&err))?;
+        let notify_us = started.elapsed().as_micros() as u64 - store_us;
         metrics::counter!(ops::ALERTS_CREATED).increment(created.newly_created);
         metrics::counter!(ops::ALERT_NOTIFICATIONS).increment(created.alerts.len() as u64);
         tracing::debug!(
             escalations = group.len(),
             new = created.newly_created,
+            store_us,
+            notify_us,
             "alerts created"
         );
         Ok(())

@@ -332,11 +332,18 @@ impl Settlement {
                 tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
             }
         }
+        let acking = std::time::Instant::now();
+        let acks = ack.len();
         for message in ack {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "ack failed; the message will be redelivered and absorbed");
             }
         }
+        tracing::debug!(
+            acks,
+            took_us = acking.elapsed().as_micros() as u64,
+            "acknowledged"
+        );
     }
 }
 

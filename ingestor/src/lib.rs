@@ -136,15 +136,18 @@ impl Ingestor {
             panic!("test hook: storing an event described {marker:?}");
         }
         let records: Vec<EventRecord> = group.iter().map(|v| v.record.clone()).collect();
+        let started = std::time::Instant::now();
         let stored = self
             .storage
             .store_events(&records, self.escalate_from)
             .await
             .map_err(|err| worker::storage_failure("event", &err))?;
         let escalations = stored.to_escalate.len();
+        let store_us = started.elapsed().as_micros() as u64;
         self.escalate(stored.to_escalate)
             .await
             .map_err(|err| worker::bus_failure(&err))?;
+        let escalate_us = started.elapsed().as_micros() as u64 - store_us;
         let received = group.len() as u64;
         metrics::counter!(ops::EVENTS_STORED).increment(stored.newly_stored);
         metrics::counter!(ops::EVENTS_DUPLICATE)
@@ -154,6 +157,8 @@ impl Ingestor {
             received,
             new = stored.newly_stored,
             escalations,
+            store_us,
+            escalate_us,
             "batch stored"
         );
         Ok(())
