@@ -151,7 +151,8 @@ struct StageSamples {
     p50: [Samples; 5],
     p99: [Samples; 5],
     max: Samples,
-    negative: u64,
+    /// Stage values that read below zero, per stage, over the runs.
+    negative: [u64; 4],
 }
 
 impl StageSamples {
@@ -161,7 +162,9 @@ impl StageSamples {
             self.p99[i].push(part.quantile_ms(0.99));
         }
         self.max.push(stages.total.max_ms());
-        self.negative += stages.negative;
+        for (sum, n) in self.negative.iter_mut().zip(stages.negative) {
+            *sum += n;
+        }
     }
 }
 
@@ -722,12 +725,20 @@ fn render_pipeline(out: &mut String, m: &Measured, backend: &str, profile: &str,
             ms(&p.fixed.max),
             ms(&p.half.max)
         );
-        let negative = p.fixed.negative + p.half.negative;
-        if negative > 0 {
+        let negative: Vec<String> = (0..4)
+            .filter_map(|i| {
+                let n = p.fixed.negative[i] + p.half.negative[i];
+                (n > 0).then(|| format!("{n} in stage {}", i + 1))
+            })
+            .collect();
+        if !negative.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{negative} stage values across two processes' timestamps read below zero \
-                 (scheduling between processes) and count as 0."
+                "\nStage values that read below zero count as 0: {}. A stage between two \
+                 processes' clocks reads below zero when the bench's own subscriber is \
+                 scheduled later than the service it watches (the alerter gets the \
+                 escalation from its JetStream consumer, the bench from a core subscription).",
+                negative.join(", ")
             );
         }
         let _ = writeln!(

@@ -50,7 +50,8 @@ pub struct Stack {
 /// Publish → `alerts.created.*`, and the stages in between, each as the bench can observe
 /// it. The stages compare the bench's wall clock with timestamps the services wrote (one
 /// machine, one clock); a stage that reads below zero (a few µs of scheduling between two
-/// processes) is recorded as zero and counted in `negative`.
+/// processes, or the bench's own subscriber being scheduled late) is recorded as zero and
+/// counted in `negative`.
 #[derive(Default)]
 pub struct Stages {
     /// Publish (bench wall clock) → `events.created_at` (the ingestor received the batch).
@@ -66,16 +67,16 @@ pub struct Stages {
     pub notified: Latencies,
     /// Publish → the notification arrives (monotonic clock).
     pub total: Latencies,
-    /// Stage values below zero, recorded as zero.
-    pub negative: u64,
+    /// Values below zero, recorded as zero, per stage (in the order of [`STAGE_NAMES`]).
+    pub negative: [u64; 4],
 }
 
 /// The stages of [`Stages::parts`], named by what is measured; the total last.
 pub const STAGE_NAMES: [&str; 5] = [
-    "publish → `events.created_at` (the ingestor received the batch)",
-    "`events.created_at` → escalation seen on `escalations.>` (store, commit, publish)",
-    "escalation seen → `alerts.created_at` (the alerter received it and began the alert's transaction)",
-    "`alerts.created_at` → `alerts.created.*` seen (alert commit, publish)",
+    "1: publish → `events.created_at` (the ingestor received the batch)",
+    "2: `events.created_at` → escalation seen on `escalations.>` (store, commit, publish)",
+    "3: escalation seen → `alerts.created_at` (the alerter received it and began the alert's transaction)",
+    "4: `alerts.created_at` → `alerts.created.*` seen (alert commit, publish)",
     "**total**: publish → `alerts.created.*` seen",
 ];
 
@@ -319,7 +320,7 @@ impl Stack {
         let stored = self.stored_at(&ids).await?;
         let alerted = self.alerted_at(&ids).await?;
         let mut stages = Stages::default();
-        let mut negative = 0;
+        let mut negative = [0u64; 4];
         for (event_id, notified) in alerts {
             let (uid, received_us) = stored
                 .get(&event_id)
@@ -336,16 +337,16 @@ impl Stack {
             let alert_us = alerted
                 .get(&event_id)
                 .with_context(|| format!("no alert stored for event {event_id}"))?;
-            let mut gap = |from_us: i64, to_us: i64| {
+            let mut gap = |stage: usize, from_us: i64, to_us: i64| {
                 if to_us < from_us {
-                    negative += 1;
+                    negative[stage] += 1;
                 }
                 Duration::from_micros(u64::try_from(to_us - from_us).unwrap_or(0))
             };
-            let received = gap(sent.wall_us, *received_us);
-            let escalation_seen = gap(*received_us, escalation.wall_us);
-            let alert_begun = gap(escalation.wall_us, *alert_us);
-            let notification_seen = gap(*alert_us, notified.wall_us);
+            let received = gap(0, sent.wall_us, *received_us);
+            let escalation_seen = gap(1, *received_us, escalation.wall_us);
+            let alert_begun = gap(2, escalation.wall_us, *alert_us);
+            let notification_seen = gap(3, *alert_us, notified.wall_us);
             stages.received.record(received);
             stages.escalated.record(escalation_seen);
             stages.alerter.record(alert_begun);
