@@ -314,8 +314,10 @@ async fn run(args: Args) -> Result<bool> {
     let runs = args.runs.max(1);
     let kinds = uid_kinds(&args);
 
-    let mut raw = Raw::default();
-    raw.inserts = kinds.iter().map(|k| (*k, RawInserts::default())).collect();
+    let mut raw = Raw {
+        inserts: kinds.iter().map(|k| (*k, RawInserts::default())).collect(),
+        ..Raw::default()
+    };
     for run in 0..runs {
         progress(&format!("raw limits, run {} of {runs}", run + 1));
         // The broker does not look at uids: its limits once a run, on the first kind.
