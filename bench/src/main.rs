@@ -110,6 +110,18 @@ impl Postgres {
         }
     }
 
+    /// Why there are no PostgreSQL figures, in a table cell (the reason in full is in the
+    /// report's header and the pipeline section).
+    fn short(&self) -> String {
+        match self {
+            Postgres::Off => "skipped (`--postgres-url off`)".to_owned(),
+            Postgres::Unavailable(_) => {
+                "not measured: the PostgreSQL server did not answer".to_owned()
+            }
+            Postgres::Available { .. } => "not measured".to_owned(),
+        }
+    }
+
     /// Why there are no PostgreSQL figures, for the report.
     fn absent(&self) -> String {
         match self {
@@ -306,8 +318,9 @@ async fn run(args: Args) -> Result<bool> {
                 version,
             },
             Err(err) => {
-                progress(&format!("PostgreSQL not measured: {err:#}"));
-                Postgres::Unavailable(format!("{err:#}"))
+                let reason = reason(&err);
+                progress(&format!("PostgreSQL not measured: {reason}"));
+                Postgres::Unavailable(reason)
             }
         }
     };
@@ -339,7 +352,7 @@ async fn run(args: Args) -> Result<bool> {
             if let Postgres::Available { url, .. } = &postgres {
                 match raw::postgres_insert(url, &events).await {
                     Ok(rate) => inserts.postgres.push(rate),
-                    Err(err) => raw.postgres_error = Some(format!("{err:#}")),
+                    Err(err) => raw.postgres_error = Some(reason(&err)),
                 }
             }
         }
@@ -497,6 +510,22 @@ async fn run(args: Args) -> Result<bool> {
     Ok(ok)
 }
 
+/// An error's chain as one line, without the repeats sqlx's errors bring (a cause whose
+/// text its wrapper already says).
+fn reason(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 fn rate(samples: &Samples) -> String {
     with_spread(samples, thousands)
 }
@@ -645,7 +674,7 @@ fn render_raw(out: &mut String, m: &Measured, kinds: &[Uids]) {
         } else if let Some(err) = &raw.postgres_error {
             format!("not measured: {err}")
         } else {
-            m.postgres.absent()
+            m.postgres.short()
         };
         let _ = writeln!(
             out,
@@ -785,7 +814,7 @@ fn render_scaling(out: &mut String, m: &Measured) {
             "Not run{}.",
             match &m.postgres {
                 Postgres::Available { .. } => " (`--scaling off`)".to_owned(),
-                other => format!(" on PostgreSQL: {}", other.absent()),
+                other => format!(" on PostgreSQL ({})", other.short()),
             }
         );
         return;
@@ -888,7 +917,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
     };
     let absent = |backend: &str, uids: Uids| {
         if backend == "PostgreSQL" && m.postgres.backend().is_none() {
-            m.postgres.absent()
+            m.postgres.short()
         } else if !kinds.contains(&uids) {
             format!("not measured (`--uids` has no {})", uids.flag())
         } else {
@@ -976,7 +1005,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
         None => {
             let why = match &m.postgres {
                 Postgres::Available { .. } => "not run (`--scaling`)".to_owned(),
-                other => other.absent(),
+                other => other.short(),
             };
             row(
                 "PostgreSQL scaling: 2+2 stored rate ≥ 1+1 rate".to_owned(),
