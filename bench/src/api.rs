@@ -63,13 +63,6 @@ pub const SCENARIOS: &[(&str, Request)] = &[
     ("POST /api/auth/login/", Request::Login),
 ];
 
-impl Request {
-    /// True for the list queries the p99 < 10 ms target covers.
-    pub fn is_list(self) -> bool {
-        matches!(self, Request::Get(_))
-    }
-}
-
 /// A running api on a copy of the pipeline's database.
 pub struct Api {
     service: Service,

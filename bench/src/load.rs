@@ -1,6 +1,6 @@
 //! The events a benchmark publishes, and publishing them as a sensor fleet would: each with a
-//! random UUIDv4 `uid` (sensors choose their own keys, so the worst case for the unique
-//! index) as its `Nats-Msg-Id`, many PubAcks in flight.
+//! `uid` of the run's kind (random UUIDv4, the worst case for the unique index, or
+//! time-ordered UUIDv7) as its `Nats-Msg-Id`, many PubAcks in flight.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -37,26 +37,30 @@ pub enum Uids {
     V7,
 }
 
-static UIDS: std::sync::OnceLock<Uids> = std::sync::OnceLock::new();
+impl Uids {
+    /// `v4` or `v7`, as the `--uids` flag spells it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Uids::V4 => "v4",
+            Uids::V7 => "v7",
+        }
+    }
 
-/// Sets the uid kind for every event generated from now on (once, at start).
-pub fn use_uids(kind: Uids) {
-    let _ = UIDS.set(kind);
-}
-
-fn new_uid() -> String {
-    match UIDS.get().copied().unwrap_or(Uids::V4) {
-        Uids::V4 => uuid::Uuid::new_v4().to_string(),
-        Uids::V7 => uuid::Uuid::now_v7().to_string(),
+    /// A new uid of this kind.
+    fn generate(self) -> String {
+        match self {
+            Uids::V4 => uuid::Uuid::new_v4().to_string(),
+            Uids::V7 => uuid::Uuid::now_v7().to_string(),
+        }
     }
 }
 
-/// `count` realistic events in a 25/25/25/25 severity mix.
-pub fn events(count: u64, seed: u64) -> Result<Vec<Outgoing>> {
+/// `count` realistic events in a 25/25/25/25 severity mix, with `uids` of that kind.
+pub fn events(count: u64, seed: u64, uids: Uids) -> Result<Vec<Outgoing>> {
     let generator = Generator::new(&Mix::default(), count, seed, chrono::Utc::now());
     generator
         .map(|mut event| {
-            let uid = new_uid();
+            let uid = uids.generate();
             let severity = event
                 .get("severity")
                 .and_then(|s| s.as_str())
@@ -139,12 +143,27 @@ impl Publisher {
     }
 }
 
+/// When one event was published: by the monotonic clock (for the total latency) and by the
+/// wall clock, in microseconds since the epoch (to compare with the services' timestamps).
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// Monotonic.
+    pub at: Instant,
+    /// Wall clock, µs since the Unix epoch (UTC), as `events.created_at` is.
+    pub wall_us: i64,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn wall_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// Publishes `events` at `rate` a second (in 1 ms ticks), returning when each was sent.
 pub async fn publish_at_rate(
     js: jetstream::Context,
     events: &[Outgoing],
     rate: f64,
-) -> Result<Vec<Instant>> {
+) -> Result<Vec<Sent>> {
     let mut publisher = Publisher::new(js);
     let mut sent_at = Vec::with_capacity(events.len());
     let start = tokio::time::Instant::now();
@@ -157,7 +176,10 @@ pub async fn publish_at_rate(
         let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(events.len());
         while next < due {
             let event = &events[next];
-            sent_at.push(Instant::now());
+            sent_at.push(Sent {
+                at: Instant::now(),
+                wall_us: wall_us(),
+            });
             publisher
                 .send(&event.subject, &event.uid, event.payload.clone())
                 .await?;

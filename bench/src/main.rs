@@ -3,9 +3,13 @@
 //!
 //! Run it with `scripts/bench` (which builds the release binaries first). Every figure is
 //! the median of `--runs` runs with its spread; each run checks that nothing was lost.
+//! The pipeline runs on SQLite and, when its server answers, on PostgreSQL, once for each
+//! uid kind of `--uids`; PostgreSQL also with two ingestors and two alerters (scaling).
 
 mod api;
+mod db;
 mod load;
+mod locks;
 mod pipeline;
 mod procs;
 mod raw;
@@ -21,7 +25,10 @@ use clap::Parser;
 use common::domain::Severity;
 use testkit::NatsServer;
 
-use crate::pipeline::PipelineRun;
+use crate::db::Backend;
+use crate::load::Uids;
+use crate::locks::LockSamples;
+use crate::pipeline::{PipelineRun, STAGE_NAMES, Stages};
 use crate::stats::{Samples, thousands, with_spread};
 
 /// Measures threatmon's pipeline and API against the raw limits of this machine.
@@ -40,45 +47,202 @@ struct Args {
     /// Seconds each API measurement lasts (after 0.5 s of warm-up).
     #[arg(long, default_value_t = 3.0)]
     api_seconds: f64,
-    /// PostgreSQL to measure the raw insert ceiling on (a scratch database is created and
-    /// dropped). `off` to skip.
+    /// PostgreSQL server for the raw insert ceiling and the PostgreSQL pipeline runs (each
+    /// in a scratch database, created and dropped). `off` to skip; a server that does not
+    /// answer is reported as not measured.
     #[arg(
         long,
         env = "BENCH_POSTGRES_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
-    /// The uids the simulated sensors choose: random v4 (the worst case) or time-ordered v7.
-    #[arg(long, value_enum, default_value = "v4")]
-    uids: load::Uids,
+    /// The uids the simulated sensors choose, a comma-separated list: random v4 (the worst
+    /// case for the unique index) and/or time-ordered v7. Each kind is a pipeline run of
+    /// its own on each backend, with raw inserts of the same rows.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "v4,v7")]
+    uids: Vec<Uids>,
+    /// Backends of the scaling run (two ingestors and two alerters on one database, the
+    /// sustained phase only), a comma-separated list: postgres, sqlite, or off.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "postgres")]
+    scaling: Vec<Scaling>,
+    /// Seconds each fixed-rate latency phase is measured (for quick runs and the smoke test).
+    #[arg(long, default_value_t = 10.0, hide = true)]
+    latency_seconds: f64,
+    /// Seconds each fixed-rate latency phase publishes before it is measured.
+    #[arg(long, default_value_t = 5.0, hide = true)]
+    latency_warm_up_seconds: f64,
     /// Where to write the markdown report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
 }
 
+/// A backend the scaling run may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scaling {
+    /// Two of each on a PostgreSQL scratch database.
+    Postgres,
+    /// Two of each on one SQLite file.
+    Sqlite,
+    /// No scaling run.
+    Off,
+}
+
 /// Concurrent connections the API is measured at.
 const CONNECTIONS: [usize; 2] = [16, 64];
+/// Workers of each kind in the scaling run.
+const SCALING_WORKERS: usize = 2;
+
+/// Whether the PostgreSQL runs happen.
+enum Postgres {
+    /// `--postgres-url off`.
+    Off,
+    /// The server did not answer: why.
+    Unavailable(String),
+    /// The server answered with this version.
+    Available { url: String, version: String },
+}
+
+impl Postgres {
+    fn backend(&self) -> Option<Backend> {
+        match self {
+            Postgres::Available { url, .. } => Some(Backend::Postgres(url.clone())),
+            _ => None,
+        }
+    }
+
+    /// Why there are no PostgreSQL figures, in a table cell (the reason in full is in the
+    /// report's header and the pipeline section).
+    fn short(&self) -> String {
+        match self {
+            Postgres::Off => "skipped (`--postgres-url off`)".to_owned(),
+            Postgres::Unavailable(_) => {
+                "not measured: the PostgreSQL server did not answer".to_owned()
+            }
+            Postgres::Available { .. } => "not measured".to_owned(),
+        }
+    }
+
+    /// Why there are no PostgreSQL figures, for the report.
+    fn absent(&self) -> String {
+        match self {
+            Postgres::Off => "skipped (`--postgres-url off`)".to_owned(),
+            Postgres::Unavailable(reason) => format!("not measured: {reason}"),
+            Postgres::Available { .. } => "not measured".to_owned(),
+        }
+    }
+}
+
+/// The raw insert ceilings of one uid kind.
+#[derive(Default)]
+struct RawInserts {
+    sqlite: Samples,
+    postgres: Samples,
+}
 
 #[derive(Default)]
 struct Raw {
     publish: Samples,
     consume: Samples,
-    sqlite: Samples,
-    postgres: Samples,
+    /// In the order of `--uids`.
+    inserts: Vec<(Uids, RawInserts)>,
     postgres_error: Option<String>,
 }
 
+impl Raw {
+    fn inserts(&self, uids: Uids) -> Option<&RawInserts> {
+        self.inserts
+            .iter()
+            .find(|(kind, _)| *kind == uids)
+            .map(|(_, inserts)| inserts)
+    }
+}
+
+/// p50 and p99 of each stage of a latency phase, over the runs.
 #[derive(Default)]
+struct StageSamples {
+    p50: [Samples; 5],
+    p99: [Samples; 5],
+    max: Samples,
+    /// Stage values that read below zero, per stage, over the runs.
+    negative: [u64; 4],
+}
+
+impl StageSamples {
+    fn push(&mut self, stages: &Stages) {
+        for (i, part) in stages.parts().into_iter().enumerate() {
+            self.p50[i].push(part.quantile_ms(0.5));
+            self.p99[i].push(part.quantile_ms(0.99));
+        }
+        self.max.push(stages.total.max_ms());
+        for (sum, n) in self.negative.iter_mut().zip(stages.negative) {
+            *sum += n;
+        }
+    }
+}
+
+/// One pipeline configuration (backend, uid kind, workers) over its runs.
 struct Pipeline {
+    backend: &'static str,
+    uids: Uids,
+    workers: usize,
     published: Samples,
     stored: Samples,
     alerted: Samples,
-    fixed: [Samples; 3],
-    half: [Samples; 3],
+    fixed: StageSamples,
+    half: StageSamples,
     half_rate: Samples,
     ingestor_mib: Samples,
     alerter_mib: Samples,
+    locks: Option<LockSamples>,
     checks: Vec<(usize, String, u64, u64)>,
+}
+
+impl Pipeline {
+    fn new(backend: &Backend, uids: Uids, workers: usize) -> Pipeline {
+        Pipeline {
+            backend: backend.name(),
+            uids,
+            workers,
+            published: Samples::default(),
+            stored: Samples::default(),
+            alerted: Samples::default(),
+            fixed: StageSamples::default(),
+            half: StageSamples::default(),
+            half_rate: Samples::default(),
+            ingestor_mib: Samples::default(),
+            alerter_mib: Samples::default(),
+            locks: None,
+            checks: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, run: usize, measured: PipelineRun) {
+        self.published.push(measured.published_rate);
+        self.stored.push(measured.stored_rate);
+        self.alerted.push(measured.alerted_rate);
+        if let Some(stages) = &measured.latency_fixed {
+            self.fixed.push(stages);
+        }
+        if let Some(stages) = &measured.latency_half {
+            self.half.push(stages);
+            self.half_rate.push(measured.half_rate);
+        }
+        self.ingestor_mib.push(measured.ingestor_mib);
+        self.alerter_mib.push(measured.alerter_mib);
+        if let Some(locks) = &measured.locks {
+            self.locks
+                .get_or_insert_with(LockSamples::default)
+                .merge(locks);
+        }
+        for (what, expected, found) in measured.checks {
+            self.checks.push((run + 1, what, expected, found));
+        }
+    }
+
+    /// `1+1` or `2+2`: ingestors + alerters.
+    fn shape(&self) -> String {
+        format!("{}+{}", self.workers, self.workers)
+    }
 }
 
 struct ApiCell {
@@ -112,6 +276,31 @@ fn progress(what: &str) {
     eprintln!("[{}] {what}", chrono::Utc::now().format("%H:%M:%S"));
 }
 
+/// The uid kinds of `--uids`, each once, in order (v4 when the list is empty).
+fn uid_kinds(args: &Args) -> Vec<Uids> {
+    let mut kinds: Vec<Uids> = Vec::new();
+    for kind in &args.uids {
+        if !kinds.contains(kind) {
+            kinds.push(*kind);
+        }
+    }
+    if kinds.is_empty() {
+        kinds.push(Uids::V4);
+    }
+    kinds
+}
+
+/// Everything the report is made of.
+struct Measured {
+    machine: procs::Machine,
+    postgres: Postgres,
+    raw: Raw,
+    pipelines: Vec<Pipeline>,
+    scaling: Vec<Pipeline>,
+    cells: Vec<ApiCell>,
+    api_mib: f64,
+}
+
 async fn run(args: Args) -> Result<bool> {
     let sqlite_version: String = {
         let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
@@ -120,13 +309,32 @@ async fn run(args: Args) -> Result<bool> {
             .await?
     };
     let machine = procs::Machine::describe(sqlite_version);
-    load::use_uids(args.uids);
+    let postgres = if args.postgres_url == "off" {
+        Postgres::Off
+    } else {
+        match db::postgres_answers(&args.postgres_url).await {
+            Ok(version) => Postgres::Available {
+                url: args.postgres_url.clone(),
+                version,
+            },
+            Err(err) => {
+                let reason = reason(&err);
+                progress(&format!("PostgreSQL not measured: {reason}"));
+                Postgres::Unavailable(reason)
+            }
+        }
+    };
     let runs = args.runs.max(1);
+    let kinds = uid_kinds(&args);
 
-    let mut raw = Raw::default();
+    let mut raw = Raw {
+        inserts: kinds.iter().map(|k| (*k, RawInserts::default())).collect(),
+        ..Raw::default()
+    };
     for run in 0..runs {
         progress(&format!("raw limits, run {} of {runs}", run + 1));
-        let events = load::events(args.raw_messages, 1000 + run as u64)?;
+        // The broker does not look at uids: its limits once a run, on the first kind.
+        let events = load::events(args.raw_messages, 1000 + run as u64, kinds[0])?;
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await?;
         let js = async_nats::jetstream::new(client);
@@ -135,42 +343,119 @@ async fn run(args: Args) -> Result<bool> {
         raw.consume
             .push(raw::jetstream_consume(&js, events.len() as u64).await?);
         drop(nats);
-        let dir = tempfile::tempdir()?;
-        raw.sqlite
-            .push(raw::sqlite_insert(dir.path(), &events).await?);
-        if args.postgres_url != "off" {
-            match raw::postgres_insert(&args.postgres_url, &events).await {
-                Ok(rate) => raw.postgres.push(rate),
-                Err(err) => raw.postgres_error = Some(format!("{err:#}")),
+        for (kind, inserts) in &mut raw.inserts {
+            let events = load::events(args.raw_messages, 1000 + run as u64, *kind)?;
+            let dir = tempfile::tempdir()?;
+            inserts
+                .sqlite
+                .push(raw::sqlite_insert(dir.path(), &events).await?);
+            if let Postgres::Available { url, .. } = &postgres {
+                match raw::postgres_insert(url, &events).await {
+                    Ok(rate) => inserts.postgres.push(rate),
+                    Err(err) => raw.postgres_error = Some(reason(&err)),
+                }
             }
         }
     }
 
-    let mut pipeline = Pipeline::default();
+    let phases = pipeline::Phases {
+        warm_up: Duration::from_secs_f64(args.latency_warm_up_seconds.max(0.0)),
+        measured: Duration::from_secs_f64(args.latency_seconds.max(0.1)),
+    };
+    let mut backends = vec![Backend::Sqlite];
+    backends.extend(postgres.backend());
+    let mut pipelines = Vec::new();
     let mut kept = None;
     let snapshot_dir = tempfile::tempdir()?;
     let snapshot = snapshot_dir.path().join("api.db");
-    for run in 0..runs {
-        progress(&format!(
-            "pipeline, run {} of {runs}: {} events",
-            run + 1,
-            thousands(args.events as f64)
-        ));
-        let last = run + 1 == runs;
-        let (measured, nats, dir) = pipeline::run(
-            args.events,
-            7 + 10 * run as u64,
-            last.then_some(snapshot.as_path()),
-        )
-        .await
-        .with_context(|| format!("pipeline run {}", run + 1))?;
-        record_pipeline(&mut pipeline, run, measured);
-        if last {
-            kept = Some((nats, dir));
+    for backend in &backends {
+        for (k, kind) in kinds.iter().enumerate() {
+            let mut pipeline = Pipeline::new(backend, *kind, 1);
+            for run in 0..runs {
+                progress(&format!(
+                    "pipeline on {}, {} uids, run {} of {runs}: {} events",
+                    backend.name(),
+                    kind.flag(),
+                    run + 1,
+                    thousands(args.events as f64)
+                ));
+                // The api is measured on the last SQLite run of the first uid kind.
+                let for_api = *backend == Backend::Sqlite && k == 0 && run + 1 == runs;
+                let (measured, nats, dir) = pipeline::run(pipeline::Plan {
+                    backend,
+                    uids: *kind,
+                    events: args.events,
+                    seed: 7 + 10 * run as u64,
+                    workers: 1,
+                    latency: Some(phases),
+                    snapshot_to: for_api.then_some(snapshot.as_path()),
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "pipeline on {}, {} uids, run {}",
+                        backend.name(),
+                        kind.flag(),
+                        run + 1
+                    )
+                })?;
+                progress(&format!(
+                    "  stored {} events/s",
+                    thousands(measured.stored_rate)
+                ));
+                pipeline.record(run, measured);
+                if for_api {
+                    kept = Some((nats, dir));
+                }
+            }
+            pipelines.push(pipeline);
         }
     }
-    let (nats, _logs) = kept.context("no pipeline run")?;
 
+    // Two of each on one database, with the same load as the one-of-each runs: v4 uids
+    // (the worst case for the unique index) when measured, else the first kind.
+    let scaling_uids = if kinds.contains(&Uids::V4) {
+        Uids::V4
+    } else {
+        kinds[0]
+    };
+    let mut scaling = Vec::new();
+    for backend in &backends {
+        let wanted = match backend {
+            Backend::Sqlite => args.scaling.contains(&Scaling::Sqlite),
+            Backend::Postgres(_) => args.scaling.contains(&Scaling::Postgres),
+        };
+        if !wanted || args.scaling.contains(&Scaling::Off) {
+            continue;
+        }
+        let mut pipeline = Pipeline::new(backend, scaling_uids, SCALING_WORKERS);
+        for run in 0..runs {
+            progress(&format!(
+                "scaling on {}: {SCALING_WORKERS} ingestors and {SCALING_WORKERS} alerters, run {} of {runs}",
+                backend.name(),
+                run + 1
+            ));
+            let (measured, _nats, _dir) = pipeline::run(pipeline::Plan {
+                backend,
+                uids: scaling_uids,
+                events: args.events,
+                seed: 7 + 10 * run as u64,
+                workers: SCALING_WORKERS,
+                latency: None,
+                snapshot_to: None,
+            })
+            .await
+            .with_context(|| format!("scaling on {}, run {}", backend.name(), run + 1))?;
+            progress(&format!(
+                "  stored {} events/s",
+                thousands(measured.stored_rate)
+            ));
+            pipeline.record(run, measured);
+        }
+        scaling.push(pipeline);
+    }
+
+    let (nats, _logs) = kept.context("no SQLite pipeline run")?;
     progress("api");
     let alerts = args.events / 2;
     let api = api::Api::start(&snapshot, nats.url(), alerts, snapshot_dir.path()).await?;
@@ -208,7 +493,16 @@ async fn run(args: Args) -> Result<bool> {
     }
     let api_mib = api.stop()?;
 
-    let (report, ok) = render(&args, &machine, &raw, &pipeline, &cells, api_mib);
+    let measured = Measured {
+        machine,
+        postgres,
+        raw,
+        pipelines,
+        scaling,
+        cells,
+        api_mib,
+    };
+    let (report, ok) = render(&args, &measured);
     println!("{report}");
     std::fs::write(&args.out, &report)
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -216,24 +510,20 @@ async fn run(args: Args) -> Result<bool> {
     Ok(ok)
 }
 
-fn record_pipeline(pipeline: &mut Pipeline, run: usize, measured: PipelineRun) {
-    pipeline.published.push(measured.published_rate);
-    pipeline.stored.push(measured.stored_rate);
-    pipeline.alerted.push(measured.alerted_rate);
-    for (samples, latencies) in [
-        (&mut pipeline.fixed, &measured.latency_fixed),
-        (&mut pipeline.half, &measured.latency_half),
-    ] {
-        samples[0].push(latencies.quantile_ms(0.5));
-        samples[1].push(latencies.quantile_ms(0.99));
-        samples[2].push(latencies.max_ms());
+/// An error's chain as one line, without the repeats sqlx's errors bring (a cause whose
+/// text its wrapper already says).
+fn reason(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
     }
-    pipeline.half_rate.push(measured.half_rate);
-    pipeline.ingestor_mib.push(measured.ingestor_mib);
-    pipeline.alerter_mib.push(measured.alerter_mib);
-    for (what, expected, found) in measured.checks {
-        pipeline.checks.push((run + 1, what, expected, found));
-    }
+    line
 }
 
 fn rate(samples: &Samples) -> String {
@@ -248,16 +538,53 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
-/// The report as markdown, and whether every correctness check passed.
-fn render(
-    args: &Args,
-    machine: &procs::Machine,
-    raw: &Raw,
-    pipeline: &Pipeline,
-    cells: &[ApiCell],
-    api_mib: f64,
-) -> (String, bool) {
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.0}%", 100.0 * part / whole)
+    } else {
+        "—".to_owned()
+    }
+}
+
+/// The flags of this run as `scripts/bench` takes them (the PostgreSQL URL only when off:
+/// it may hold a password).
+fn command_line(args: &Args, kinds: &[Uids]) -> String {
     let runs = args.runs.max(1);
+    let mut line = format!(
+        "scripts/bench --events {} --runs {runs} --raw-messages {} --api-seconds {} --uids {}",
+        args.events,
+        args.raw_messages,
+        args.api_seconds,
+        kinds.iter().map(|k| k.flag()).collect::<Vec<_>>().join(",")
+    );
+    let scaling: Vec<&str> = args
+        .scaling
+        .iter()
+        .map(|s| match s {
+            Scaling::Postgres => "postgres",
+            Scaling::Sqlite => "sqlite",
+            Scaling::Off => "off",
+        })
+        .collect();
+    let _ = write!(line, " --scaling {}", scaling.join(","));
+    if args.postgres_url == "off" {
+        line.push_str(" --postgres-url off");
+    }
+    if args.latency_seconds != 10.0 || args.latency_warm_up_seconds != 5.0 {
+        let _ = write!(
+            line,
+            " --latency-seconds {} --latency-warm-up-seconds {}",
+            args.latency_seconds, args.latency_warm_up_seconds
+        );
+    }
+    line
+}
+
+/// The report as markdown, and whether every correctness check passed.
+fn render(args: &Args, m: &Measured) -> (String, bool) {
+    let runs = args.runs.max(1);
+    let kinds = uid_kinds(args);
+    let profile = procs::build_profile();
     let mut out = String::new();
     let _ = writeln!(out, "# threatmon benchmarks\n");
     let _ = writeln!(
@@ -265,6 +592,7 @@ fn render(
         "Produced by `scripts/bench` (the `threatmon-bench` binary): every figure is the median \
          of {runs} runs, ± half their range. Nothing here is edited by hand.\n"
     );
+    let machine = &m.machine;
     let _ = writeln!(out, "| | |\n| --- | --- |");
     let _ = writeln!(out, "| commit | `{}` |", machine.commit);
     let _ = writeln!(out, "| date | {} |", machine.date);
@@ -279,143 +607,283 @@ fn render(
         "| SQLite | {} (WAL, synchronous=FULL) |",
         machine.sqlite
     );
+    let postgres_line = match &m.postgres {
+        Postgres::Available { version, .. } => version.clone(),
+        other => other.absent(),
+    };
+    let _ = writeln!(out, "| PostgreSQL | {postgres_line} |");
     let _ = writeln!(
         out,
-        "| load | {} events a pipeline run, 25/25/25/25 LOW/MEDIUM/HIGH/CRITICAL, {} uids, ~{} bytes each |",
+        "| load | {} events a pipeline run, 25/25/25/25 LOW/MEDIUM/HIGH/CRITICAL, ~{} bytes each; \
+         each uid kind a run of its own ({}) |",
         thousands(args.events as f64),
-        match args.uids {
-            load::Uids::V4 => "random UUIDv4",
-            load::Uids::V7 => "time-ordered UUIDv7",
-        },
-        load::events(100, 1)
+        load::events(100, 1, Uids::V4)
             .map(|e| e.iter().map(|m| m.payload.len()).sum::<usize>() / 100)
-            .unwrap_or(0)
+            .unwrap_or(0),
+        kinds
+            .iter()
+            .map(|k| match k {
+                Uids::V4 => "v4: random UUIDv4",
+                Uids::V7 => "v7: time-ordered UUIDv7",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let _ = writeln!(
-        out,
-        "| command | `scripts/bench --events {} --runs {runs} --raw-messages {} --api-seconds {} --uids {}` |\n",
-        args.events,
-        args.raw_messages,
-        args.api_seconds,
-        match args.uids {
-            load::Uids::V4 => "v4",
-            load::Uids::V7 => "v7",
-        }
-    );
+    let _ = writeln!(out, "| services | {profile} build |");
+    let _ = writeln!(out, "| command | `{}` |\n", command_line(args, &kinds));
 
-    let consume = raw.consume.median();
+    render_raw(&mut out, m, &kinds);
+    for backend in ["SQLite", "PostgreSQL"] {
+        render_pipeline(&mut out, m, backend, &profile, args);
+    }
+    render_scaling(&mut out, m);
+    render_api(&mut out, m, args);
+    render_targets(&mut out, m, &kinds);
+    let ok = render_checks(&mut out, m);
+    (out, ok)
+}
+
+fn render_raw(out: &mut String, m: &Measured, kinds: &[Uids]) {
+    let raw = &m.raw;
     let _ = writeln!(out, "## Raw limits (same run, same messages and rows)\n");
-    let _ = writeln!(out, "| what | per second |\n| --- | ---: |");
+    let _ = writeln!(out, "| what | uids | per second |\n| --- | --- | ---: |");
     let _ = writeln!(
         out,
-        "| JetStream publish, {} PubAcks in flight, `Nats-Msg-Id` | {} |",
+        "| JetStream publish, {} PubAcks in flight, `Nats-Msg-Id` | {} | {} |",
         load::IN_FLIGHT,
+        kinds[0].flag(),
         rate(&raw.publish)
     );
     let _ = writeln!(
         out,
-        "| JetStream pull consumer, fetch 500, `ack()` each | {} |",
+        "| JetStream pull consumer, fetch 500, `ack()` each | {} | {} |",
+        kinds[0].flag(),
         rate(&raw.consume)
     );
-    let _ = writeln!(
-        out,
-        "| SQLite insert, 1,000-row transactions, UNIQUE uid | {} |",
-        rate(&raw.sqlite)
-    );
-    match &raw.postgres_error {
-        Some(err) if raw.postgres.0.is_empty() => {
-            let _ = writeln!(
-                out,
-                "| PostgreSQL insert (UNNEST, 1,000 rows) | not measured: {err} |"
-            );
-        }
-        _ if raw.postgres.0.is_empty() => {
-            let _ = writeln!(out, "| PostgreSQL insert (UNNEST, 1,000 rows) | skipped |");
-        }
-        _ => {
-            let _ = writeln!(
-                out,
-                "| PostgreSQL insert, UNNEST, 1,000-row transactions, UNIQUE uid | {} |",
-                rate(&raw.postgres)
-            );
-        }
+    for (kind, inserts) in &raw.inserts {
+        let _ = writeln!(
+            out,
+            "| SQLite insert, 1,000-row transactions, UNIQUE uid | {} | {} |",
+            kind.flag(),
+            rate(&inserts.sqlite)
+        );
     }
+    for (kind, inserts) in &raw.inserts {
+        let measured = if !inserts.postgres.0.is_empty() {
+            rate(&inserts.postgres)
+        } else if let Some(err) = &raw.postgres_error {
+            format!("not measured: {err}")
+        } else {
+            m.postgres.short()
+        };
+        let _ = writeln!(
+            out,
+            "| PostgreSQL insert, UNNEST, 1,000-row transactions, UNIQUE uid | {} | {measured} |",
+            kind.flag()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe broker's limits are measured once a run (it does not look at uids); each \
+         database's with the uid kind of the pipeline run it is compared with."
+    );
+}
 
-    let stored = pipeline.stored.median();
+fn render_pipeline(out: &mut String, m: &Measured, backend: &str, profile: &str, args: &Args) {
     let _ = writeln!(
         out,
-        "\n## Pipeline on SQLite (ingestor and alerter processes, release build)\n"
+        "\n## Pipeline on {backend} (one ingestor and one alerter process, {profile} build)\n"
     );
+    let pipelines: Vec<&Pipeline> = m
+        .pipelines
+        .iter()
+        .filter(|p| p.backend == backend)
+        .collect();
+    if pipelines.is_empty() {
+        let _ = writeln!(out, "{}", m.postgres.absent());
+        return;
+    }
+    let consume = m.raw.consume.median();
     let _ = writeln!(
         out,
-        "| what | events/s | vs raw consumer |\n| --- | ---: | ---: |"
+        "| uids | published (PubAcks) | **stored**: first publish → last stored | alerted: → last `alerts.created.*` | stored vs raw consumer | stored vs raw {backend} insert |"
     );
-    let _ = writeln!(
-        out,
-        "| published (broker PubAcks) while the pipeline ran | {} | |",
-        rate(&pipeline.published)
-    );
-    let _ = writeln!(
-        out,
-        "| **stored**: first publish → last event stored | {} | {:.0}% |",
-        rate(&pipeline.stored),
-        100.0 * stored / consume.max(1.0)
-    );
-    let _ = writeln!(
-        out,
-        "| alerted: first publish → last `alerts.created.*` | {} | {:.0}% |",
-        rate(&pipeline.alerted),
-        100.0 * pipeline.alerted.median() / consume.max(1.0)
-    );
-    let _ = writeln!(
-        out,
-        "\nLatency from publish to the `alerts.created.*` notification (every HIGH/CRITICAL \
-         event of 10 s at a fixed rate, after 5 s at that rate unmeasured, on the database the \
-         run above filled):\n"
-    );
-    let _ = writeln!(
-        out,
-        "| rate | p50 | p99 | max |\n| --- | ---: | ---: | ---: |"
-    );
-    let _ = writeln!(
-        out,
-        "| 1,000 events/s | {} | {} | {} |",
-        ms(&pipeline.fixed[0]),
-        ms(&pipeline.fixed[1]),
-        ms(&pipeline.fixed[2])
-    );
-    let _ = writeln!(
-        out,
-        "| {} events/s (50% of the stored rate) | {} | {} | {} |",
-        thousands(pipeline.half_rate.median()),
-        ms(&pipeline.half[0]),
-        ms(&pipeline.half[1]),
-        ms(&pipeline.half[2])
-    );
-    let _ = writeln!(
-        out,
-        "\nPeak memory (VmHWM): ingestor {}, alerter {} MiB.",
-        with_spread(&pipeline.ingestor_mib, |v| format!("{v:.1}")),
-        with_spread(&pipeline.alerter_mib, |v| format!("{v:.1}"))
-    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for p in &pipelines {
+        let insert = raw_insert(m, backend, p.uids);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            p.uids.flag(),
+            rate(&p.published),
+            rate(&p.stored),
+            rate(&p.alerted),
+            percent(p.stored.median(), consume),
+            percent(p.stored.median(), insert)
+        );
+    }
+    for p in &pipelines {
+        let _ = writeln!(
+            out,
+            "\n### Alert latency on {backend}, {} uids\n\nEvery HIGH/CRITICAL event of {} s at a \
+             fixed rate, after {} s at that rate unmeasured, on the database the run above \
+             filled. The stages compare the bench's clock with the timestamps the services \
+             stored (`created_at`), so they add up to about the total.\n",
+            p.uids.flag(),
+            args.latency_seconds,
+            args.latency_warm_up_seconds
+        );
+        let _ = writeln!(
+            out,
+            "| stage (what is measured) | 1,000/s p50 | 1,000/s p99 | {}/s p50 | {}/s p99 |",
+            thousands(p.half_rate.median()),
+            thousands(p.half_rate.median())
+        );
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+        for (i, name) in STAGE_NAMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} |",
+                ms(&p.fixed.p50[i]),
+                ms(&p.fixed.p99[i]),
+                ms(&p.half.p50[i]),
+                ms(&p.half.p99[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| max of the total | {} | | {} | |",
+            ms(&p.fixed.max),
+            ms(&p.half.max)
+        );
+        let negative: Vec<String> = (0..4)
+            .filter_map(|i| {
+                let n = p.fixed.negative[i] + p.half.negative[i];
+                (n > 0).then(|| format!("{n} in stage {}", i + 1))
+            })
+            .collect();
+        if !negative.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nStage values that read below zero count as 0: {}. A stage between two \
+                 processes' clocks reads below zero when the bench's own subscriber is \
+                 scheduled later than the service it watches (the alerter gets the \
+                 escalation from its JetStream consumer, the bench from a core subscription).",
+                negative.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nPeak memory (VmHWM): ingestor {}, alerter {} MiB ({backend}, {} uids).",
+            with_spread(&p.ingestor_mib, |v| format!("{v:.1}")),
+            with_spread(&p.alerter_mib, |v| format!("{v:.1}")),
+            p.uids.flag()
+        );
+    }
+}
 
+/// The raw insert rate of `backend` with `uids` (0 when not measured).
+fn raw_insert(m: &Measured, backend: &str, uids: Uids) -> f64 {
+    m.raw
+        .inserts(uids)
+        .map(|inserts| {
+            if backend == "SQLite" {
+                inserts.sqlite.median()
+            } else {
+                inserts.postgres.median()
+            }
+        })
+        .unwrap_or(0.0)
+}
+
+/// The one-of-each pipeline the scaling run `p` is compared with.
+fn one_of_each<'a>(m: &'a Measured, p: &Pipeline) -> Option<&'a Pipeline> {
+    m.pipelines
+        .iter()
+        .find(|o| o.backend == p.backend && o.uids == p.uids)
+}
+
+fn render_scaling(out: &mut String, m: &Measured) {
     let _ = writeln!(
         out,
-        "\n## API on {} events and {} alerts (the pipeline's database)\n",
+        "\n## Scaling: {SCALING_WORKERS} ingestors and {SCALING_WORKERS} alerters on one database and one nats-server\n"
+    );
+    if m.scaling.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not run{}.",
+            match &m.postgres {
+                Postgres::Available { .. } => " (`--scaling off`)".to_owned(),
+                other => format!(" on PostgreSQL ({})", other.short()),
+            }
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "The sustained phase only, with the load of the one-of-each run. On PostgreSQL a \
+         separate connection reads `pg_locks` every 50 ms while it runs and counts the \
+         samples in which a threatmon backend (`application_name = 'threatmon'`) waits \
+         (`NOT granted`) on a lock.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | uids | 1+1 stored | 2+2 stored | 2+2 vs 1+1 | samples with a threatmon waiter | on rows (`transactionid`/`tuple`) | waits seen |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for p in &m.scaling {
+        let single = one_of_each(m, p).map(|o| o.stored.median()).unwrap_or(0.0);
+        let (waiters, rows, seen) = match &p.locks {
+            Some(locks) => (
+                format!("{} of {}", locks.with_waiter, locks.samples),
+                locks.row_waits.to_string(),
+                locks.describe(),
+            ),
+            None => ("—".to_owned(), "—".to_owned(), "(not sampled)".to_owned()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {waiters} | {rows} | {seen} |",
+            p.backend,
+            p.uids.flag(),
+            thousands(single),
+            rate(&p.stored),
+            percent(p.stored.median(), single)
+        );
+    }
+    for p in &m.scaling {
+        let _ = writeln!(
+            out,
+            "\nPeak memory (VmHWM), largest of each kind, {}: ingestor {}, alerter {} MiB.",
+            p.backend,
+            with_spread(&p.ingestor_mib, |v| format!("{v:.1}")),
+            with_spread(&p.alerter_mib, |v| format!("{v:.1}"))
+        );
+    }
+}
+
+fn render_api(out: &mut String, m: &Measured, args: &Args) {
+    let _ = writeln!(
+        out,
+        "\n## API on {} events and {} alerts (the SQLite pipeline's database, {} uids)\n",
         thousands(args.events as f64),
-        thousands((args.events / 2) as f64)
+        thousands((args.events / 2) as f64),
+        uid_kinds(args)[0].flag()
     );
     let _ = writeln!(
         out,
         "Closed loop: each keep-alive connection sends its next request when the last is \
-         answered; the load client shares the 2 cores with the api. {} s a measurement.\n",
+         answered; the load client shares the cores with the api. {} s a measurement.\n",
         args.api_seconds
     );
     let _ = writeln!(
         out,
         "| request | conns | req/s | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |"
     );
-    for cell in cells {
+    for cell in &m.cells {
         let _ = writeln!(
             out,
             "| `{}` | {} | {} | {} | {} |",
@@ -426,85 +894,242 @@ fn render(
             ms(&cell.p99)
         );
     }
-    let _ = writeln!(out, "\nPeak memory of the api (VmHWM): {api_mib:.1} MiB.");
+    let _ = writeln!(
+        out,
+        "\nPeak memory of the api (VmHWM): {:.1} MiB.",
+        m.api_mib
+    );
+}
 
-    // Targets from issue 5.
-    let _ = writeln!(out, "\n## Targets\n");
-    let _ = writeln!(out, "| target | measured | |\n| --- | --- | --- |");
+fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
+    let _ = writeln!(out, "\n## Targets (issue 11)\n");
     let _ = writeln!(
         out,
-        "| pipeline stored ≥ 30,000 events/s | {} | {} |",
-        thousands(stored),
-        verdict(stored >= 30_000.0)
+        "Each a ratio or a figure of this run.\n\n| target | measured | |\n| --- | --- | --- |"
     );
-    let _ = writeln!(
-        out,
-        "| pipeline stored ≥ 50% of the raw consumer rate | {:.0}% | {} |",
-        100.0 * stored / consume.max(1.0),
-        verdict(stored >= 0.5 * consume)
-    );
-    let p99_fixed = pipeline.fixed[1].median();
-    let _ = writeln!(
-        out,
-        "| alert latency p99 < 50 ms at 1,000 events/s | {p99_fixed:.2} ms | {} |",
-        verdict(p99_fixed < 50.0)
-    );
-    let slowest_list = cells
-        .iter()
-        .filter(|c| c.connections == 16 && c.request.is_list())
-        .map(|c| (c.p99.median(), c.name))
-        .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
-    let _ = writeln!(
-        out,
-        "| every list p99 < 10 ms at 16 connections | worst {:.2} ms (`{}`) | {} |",
-        slowest_list.0,
-        slowest_list.1,
-        verdict(slowest_list.0 < 10.0)
-    );
-    let first_page = cells
-        .iter()
-        .filter(|c| c.request == api::SCENARIOS[0].1)
-        .map(|c| c.rate.median())
-        .fold(0.0, f64::max);
-    let _ = writeln!(
-        out,
-        "| ≥ 5,000 req/s on the first alerts page | {} | {} |",
-        thousands(first_page),
-        verdict(first_page >= 5000.0)
-    );
-    let _ = writeln!(
-        out,
-        "| api < 64 MiB | {api_mib:.1} MiB | {} |",
-        verdict(api_mib < 64.0)
-    );
-    let worker_peak = pipeline.ingestor_mib.max().max(pipeline.alerter_mib.max());
-    let _ = writeln!(
-        out,
-        "| each worker < 128 MiB | {worker_peak:.1} MiB (largest of any run) | {} |",
-        verdict(worker_peak < 128.0)
-    );
+    let mut row = |target: String, measured: String, verdict: &str| {
+        let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
+    };
+    let pipeline = |backend: &str, uids: Uids| {
+        m.pipelines
+            .iter()
+            .find(|p| p.backend == backend && p.uids == uids)
+    };
+    let absent = |backend: &str, uids: Uids| {
+        if backend == "PostgreSQL" && m.postgres.backend().is_none() {
+            m.postgres.short()
+        } else if !kinds.contains(&uids) {
+            format!("not measured (`--uids` has no {})", uids.flag())
+        } else {
+            "not measured".to_owned()
+        }
+    };
+    const NOT: &str = "not measured";
 
+    let consume = m.raw.consume.median();
+    let target = "SQLite, v7 uids: stored ≥ 50% of the raw pull-consumer rate".to_owned();
+    match pipeline("SQLite", Uids::V7) {
+        Some(p) => row(
+            target,
+            format!(
+                "{} of {} = {}",
+                thousands(p.stored.median()),
+                thousands(consume),
+                percent(p.stored.median(), consume)
+            ),
+            verdict(p.stored.median() >= 0.5 * consume),
+        ),
+        None => row(target, absent("SQLite", Uids::V7), NOT),
+    }
+    let target = "SQLite, v4 uids: stored ≥ 70% of the raw SQLite insert rate (v4 rows)".to_owned();
+    match pipeline("SQLite", Uids::V4) {
+        Some(p) => {
+            let insert = raw_insert(m, "SQLite", Uids::V4);
+            row(
+                target,
+                format!(
+                    "{} of {} = {}",
+                    thousands(p.stored.median()),
+                    thousands(insert),
+                    percent(p.stored.median(), insert)
+                ),
+                verdict(p.stored.median() >= 0.7 * insert),
+            )
+        }
+        None => row(target, absent("SQLite", Uids::V4), NOT),
+    }
+    for uids in [Uids::V4, Uids::V7] {
+        let target = format!(
+            "PostgreSQL, {} uids: stored ≥ 60% of the raw PostgreSQL insert rate ({} rows)",
+            uids.flag(),
+            uids.flag()
+        );
+        let insert = raw_insert(m, "PostgreSQL", uids);
+        match pipeline("PostgreSQL", uids) {
+            Some(p) if insert > 0.0 => row(
+                target,
+                format!(
+                    "{} of {} = {}",
+                    thousands(p.stored.median()),
+                    thousands(insert),
+                    percent(p.stored.median(), insert)
+                ),
+                verdict(p.stored.median() >= 0.6 * insert),
+            ),
+            _ => row(target, absent("PostgreSQL", uids), NOT),
+        }
+    }
+    match m.scaling.iter().find(|p| p.backend == "PostgreSQL") {
+        Some(p) => {
+            let single = one_of_each(m, p).map(|o| o.stored.median()).unwrap_or(0.0);
+            row(
+                format!(
+                    "PostgreSQL scaling: 2+2 stored rate ≥ 1+1 rate ({} uids)",
+                    p.uids.flag()
+                ),
+                format!(
+                    "{} vs {} = {}",
+                    thousands(p.stored.median()),
+                    thousands(single),
+                    percent(p.stored.median(), single)
+                ),
+                verdict(single > 0.0 && p.stored.median() >= single),
+            );
+            let locks = p.locks.clone().unwrap_or_default();
+            row(
+                "PostgreSQL scaling: 0 `pg_locks` samples with a threatmon writer waiting on another's rows".to_owned(),
+                format!("{} of {} samples", locks.row_waits, locks.samples),
+                verdict(locks.samples > 0 && locks.row_waits == 0),
+            );
+        }
+        None => {
+            let why = match &m.postgres {
+                Postgres::Available { .. } => "not run (`--scaling`)".to_owned(),
+                other => other.short(),
+            };
+            row(
+                "PostgreSQL scaling: 2+2 stored rate ≥ 1+1 rate".to_owned(),
+                why.clone(),
+                NOT,
+            );
+            row(
+                "PostgreSQL scaling: 0 `pg_locks` samples with a threatmon writer waiting on another's rows".to_owned(),
+                why,
+                NOT,
+            );
+        }
+    }
+    for backend in ["SQLite", "PostgreSQL"] {
+        for uids in kinds {
+            let Some(p) = pipeline(backend, *uids) else {
+                row(
+                    format!(
+                        "{backend}, {} uids: alert latency at 1,000 events/s p50 < 3 ms, p99 < 10 ms",
+                        uids.flag()
+                    ),
+                    absent(backend, *uids),
+                    NOT,
+                );
+                continue;
+            };
+            let (p50, p99) = (p.fixed.p50[4].median(), p.fixed.p99[4].median());
+            row(
+                format!(
+                    "{backend}, {} uids: alert latency at 1,000 events/s p50 < 3 ms, p99 < 10 ms",
+                    uids.flag()
+                ),
+                format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+                verdict(p50 < 3.0 && p99 < 10.0),
+            );
+            let half = p.half.p99[4].median();
+            row(
+                format!(
+                    "{backend}, {} uids: alert latency p99 < 50 ms at half the stored rate ({} events/s)",
+                    uids.flag(),
+                    thousands(p.half_rate.median())
+                ),
+                format!("p99 {half:.2} ms"),
+                verdict(half < 50.0),
+            );
+        }
+    }
+    let patch = m
+        .cells
+        .iter()
+        .find(|c| c.connections == 16 && c.request == api::Request::PatchAlert)
+        .map(|c| c.p99.median());
+    match patch {
+        Some(p99) => row(
+            "PATCH p99 < 20 ms at 16 connections".to_owned(),
+            format!("{p99:.2} ms"),
+            verdict(p99 < 20.0),
+        ),
+        None => row(
+            "PATCH p99 < 20 ms at 16 connections".to_owned(),
+            NOT.to_owned(),
+            NOT,
+        ),
+    }
+    let (worker_peak, which) = m
+        .pipelines
+        .iter()
+        .chain(&m.scaling)
+        .flat_map(|p| {
+            [
+                (p.ingestor_mib.max(), "ingestor", p),
+                (p.alerter_mib.max(), "alerter", p),
+            ]
+        })
+        .fold((0.0, String::new()), |best, (mib, name, p)| {
+            if mib > best.0 {
+                (
+                    mib,
+                    format!("{name}, {} {} {}", p.backend, p.uids.flag(), p.shape()),
+                )
+            } else {
+                best
+            }
+        });
+    row(
+        "each worker < 128 MiB (every run)".to_owned(),
+        format!("largest {worker_peak:.1} MiB ({which})"),
+        verdict(worker_peak < 128.0),
+    );
+    row(
+        "api < 64 MiB".to_owned(),
+        format!("{:.1} MiB", m.api_mib),
+        verdict(m.api_mib < 64.0),
+    );
+}
+
+/// The correctness table; whether every check passed.
+fn render_checks(out: &mut String, m: &Measured) -> bool {
     let _ = writeln!(out, "\n## Correctness checks (every run)\n");
     let _ = writeln!(
         out,
-        "| run | check | expected | found | |\n| ---: | --- | ---: | ---: | --- |"
+        "| backend | uids | workers | run | check | expected | found | |\n| --- | --- | --- | ---: | --- | ---: | ---: | --- |"
     );
     let mut ok = true;
-    for (run, what, expected, found) in &pipeline.checks {
-        let passed = expected == found;
-        ok &= passed;
-        let _ = writeln!(
-            out,
-            "| {run} | {what} | {} | {} | {} |",
-            thousands(*expected as f64),
-            thousands(*found as f64),
-            if passed { "ok" } else { "**FAILED**" }
-        );
+    for p in m.pipelines.iter().chain(&m.scaling) {
+        for (run, what, expected, found) in &p.checks {
+            let passed = expected == found;
+            ok &= passed;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {run} | {what} | {} | {} | {} |",
+                p.backend,
+                p.uids.flag(),
+                p.shape(),
+                thousands(*expected as f64),
+                thousands(*found as f64),
+                if passed { "ok" } else { "**FAILED**" }
+            );
+        }
     }
     let _ = writeln!(
         out,
         "\nAlerts are raised for severities at or above {} (the default `ALERT_MIN_SEVERITY`).",
         Severity::High.as_str()
     );
-    (out, ok)
+    ok
 }

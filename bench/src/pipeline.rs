@@ -1,9 +1,10 @@
 //! The pipeline as deployed: `ingestor` and `alerter` processes on a fresh nats-server and a
-//! fresh SQLite file. Sustained rate for a large load, then latency from publish to
-//! `alerts.created.*` at fixed rates, then the correctness checks.
+//! fresh database (a SQLite file or a PostgreSQL scratch database). Sustained rate for a
+//! large load, then latency from publish to `alerts.created.*` at fixed rates, stage by
+//! stage, then the correctness checks.
 
 use std::collections::HashMap;
-use std::str::FromStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -11,32 +12,85 @@ use async_nats::jetstream;
 use common::domain::Severity;
 use common::subjects;
 use futures::StreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Executor};
 use tempfile::TempDir;
 use testkit::NatsServer;
 
-use crate::load::{self, Outgoing, Publisher};
+use crate::db::{Backend, Database, Reader};
+use crate::load::{self, Outgoing, Publisher, Sent, Uids};
+use crate::locks::{LockSampler, LockSamples};
 use crate::procs::{Service, free_port};
 use crate::stats::Latencies;
 
-/// How long each fixed-rate latency phase is measured.
-const LATENCY_PHASE: Duration = Duration::from_secs(10);
-/// How long each fixed-rate phase publishes before it is measured: the rate's steady state,
-/// not the tail of the disk work (WAL checkpoints) the sustained phase left behind.
-const LATENCY_WARM_UP: Duration = Duration::from_secs(5);
+/// How long the fixed-rate latency phases publish: `warm_up` unmeasured (the rate's
+/// steady state, not the tail of the disk work the sustained phase left behind), then
+/// `measured`.
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    /// Published at the rate but not measured.
+    pub warm_up: Duration,
+    /// Measured.
+    pub measured: Duration,
+}
 
-/// nats-server, a database file, and the two workers.
+/// nats-server, a database, and the workers: one or more ingestors and alerters.
 pub struct Stack {
     /// The broker (the api benchmark reuses it).
     pub nats: NatsServer,
-    /// Holds the database and the logs.
+    /// Holds the SQLite database (if that is the backend) and the logs.
     pub dir: TempDir,
-    ingestor: Service,
-    alerter: Service,
+    ingestors: Vec<Service>,
+    alerters: Vec<Service>,
     js: jetstream::Context,
     client: async_nats::Client,
-    db: SqlitePool,
+    reader: Reader,
+    // Last, so that on an error path the workers are killed before it is dropped.
+    database: Database,
+}
+
+/// Publish → `alerts.created.*`, and the stages in between, each as the bench can observe
+/// it. The stages compare the bench's wall clock with timestamps the services wrote (one
+/// machine, one clock); a stage that reads below zero (a few µs of scheduling between two
+/// processes, or the bench's own subscriber being scheduled late) is recorded as zero and
+/// counted in `negative`.
+#[derive(Default)]
+pub struct Stages {
+    /// Publish (bench wall clock) → `events.created_at` (the ingestor received the batch).
+    pub received: Latencies,
+    /// `events.created_at` → the escalation arrives on a core subscription to
+    /// `escalations.>` (store, commit, publish).
+    pub escalated: Latencies,
+    /// The escalation arrives → `alerts.created_at` (the alerter received it and began the
+    /// alert's transaction).
+    pub alerter: Latencies,
+    /// `alerts.created_at` → the `alerts.created.*` notification arrives (alert commit and
+    /// publish).
+    pub notified: Latencies,
+    /// Publish → the notification arrives (monotonic clock).
+    pub total: Latencies,
+    /// Values below zero, recorded as zero, per stage (in the order of [`STAGE_NAMES`]).
+    pub negative: [u64; 4],
+}
+
+/// The stages of [`Stages::parts`], named by what is measured; the total last.
+pub const STAGE_NAMES: [&str; 5] = [
+    "1: publish → `events.created_at` (the ingestor received the batch)",
+    "2: `events.created_at` → escalation seen on `escalations.>` (store, commit, publish)",
+    "3: escalation seen → `alerts.created_at` (the alerter received it and began the alert's transaction)",
+    "4: `alerts.created_at` → `alerts.created.*` seen (alert commit, publish)",
+    "**total**: publish → `alerts.created.*` seen",
+];
+
+impl Stages {
+    /// The stages in the order of [`STAGE_NAMES`].
+    pub fn parts(&self) -> [&Latencies; 5] {
+        [
+            &self.received,
+            &self.escalated,
+            &self.alerter,
+            &self.notified,
+            &self.total,
+        ]
+    }
 }
 
 /// What one pipeline run measured.
@@ -49,70 +103,87 @@ pub struct PipelineRun {
     pub stored_rate: f64,
     /// Events a second from the first publish until every alert notification was out.
     pub alerted_rate: f64,
-    /// Peak resident memory of the ingestor, MiB.
+    /// Peak resident memory of the largest ingestor, MiB.
     pub ingestor_mib: f64,
-    /// Peak resident memory of the alerter, MiB.
+    /// Peak resident memory of the largest alerter, MiB.
     pub alerter_mib: f64,
-    /// Publish → `alerts.created.*` at 1,000 events/s.
-    pub latency_fixed: Latencies,
+    /// At 1,000 events/s (none when the run had no latency phases).
+    pub latency_fixed: Option<Stages>,
     /// The same at half the measured stored rate.
-    pub latency_half: Latencies,
+    pub latency_half: Option<Stages>,
     /// What that half rate was.
     pub half_rate: f64,
+    /// PostgreSQL lock waits while the sustained phase ran (scaling runs only).
+    pub locks: Option<LockSamples>,
     /// The correctness checks, as `(what, expected, found)`.
     pub checks: Vec<(String, u64, u64)>,
 }
 
 impl Stack {
-    /// Starts a fresh broker, database and both workers, and waits until they are ready.
-    pub async fn start() -> Result<Stack> {
+    /// Starts a fresh broker, a fresh database on `backend`, and `workers` ingestors and
+    /// as many alerters (each its own process and metrics port), and waits until they are
+    /// ready. They start one at a time, so that only the first migrates the database.
+    pub async fn start(backend: &Backend, workers: usize) -> Result<Stack> {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
-        let db_path = dir.path().join("threatmon.db");
-        let db_url = format!("sqlite:{}", db_path.display());
-        let mut workers = Vec::new();
-        for name in ["ingestor", "alerter"] {
-            let port = free_port()?;
-            let mut service = Service::start(
-                name,
-                &[
-                    ("NATS_URL", nats.url()),
-                    ("DATABASE_URL", db_url.clone()),
-                    ("METRICS_ADDR", format!("127.0.0.1:{port}")),
-                ],
-                dir.path(),
-            )?;
-            service
-                .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
-                .await?;
-            workers.push(service);
+        let database = Database::create(backend, dir.path()).await?;
+        let db_url = database.url();
+        let mut ingestors = Vec::new();
+        let mut alerters = Vec::new();
+        for n in 1..=workers.max(1) {
+            for name in ["ingestor", "alerter"] {
+                // One log directory per pair: the logs are named after the service.
+                let log_dir = dir.path().join(format!("workers-{n}"));
+                std::fs::create_dir_all(&log_dir)?;
+                let port = free_port()?;
+                let mut service = Service::start(
+                    name,
+                    &[
+                        ("NATS_URL", nats.url()),
+                        ("DATABASE_URL", db_url.clone()),
+                        ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+                    ],
+                    &log_dir,
+                )?;
+                service
+                    .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
+                    .await?;
+                if name == "ingestor" {
+                    ingestors.push(service);
+                } else {
+                    alerters.push(service);
+                }
+            }
         }
-        let alerter = workers.pop().context("alerter")?;
-        let ingestor = workers.pop().context("ingestor")?;
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(1 << 20)
             .connect(nats.url())
             .await
             .context("connecting to nats-server")?;
         let js = jetstream::new(client.clone());
-        let db = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(SqliteConnectOptions::from_str(&db_url)?.read_only(true))
-            .await?;
+        let reader = database.reader().await?;
         Ok(Stack {
             nats,
             dir,
-            ingestor,
-            alerter,
+            ingestors,
+            alerters,
             js,
             client,
-            db,
+            reader,
+            database,
         })
     }
 
     async fn count(&self, sql: &'static str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&self.db).await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.reader.count(sql).await
+    }
+
+    /// The scratch database's URL, on PostgreSQL.
+    fn postgres_url(&self) -> Option<String> {
+        match &self.database {
+            Database::Postgres(scratch) => Some(scratch.url.clone()),
+            Database::Sqlite(_) => None,
+        }
     }
 
     /// Waits until the ingestor has acknowledged (stored) every message up to `last_seq`;
@@ -200,81 +271,124 @@ impl Stack {
     }
 
     /// Publishes `events` at `rate` a second and measures, for each that raises an alert,
-    /// the time from its publish to its `alerts.created.*` notification.
-    /// Events sent before `from` (the warm-up) are not measured.
-    pub async fn latency(&self, events: &[Outgoing], rate: f64, from: usize) -> Result<Latencies> {
+    /// the time from its publish to its `alerts.created.*` notification, stage by stage.
+    /// Events sent before `from` (the warm-up) are not measured. Notifications may take
+    /// until `within` after the start (a pipeline slower than `rate` drains a backlog).
+    pub async fn latency(
+        &self,
+        events: &[Outgoing],
+        rate: f64,
+        from: usize,
+        within: Duration,
+    ) -> Result<Stages> {
         let expected = load::at_or_above(events, Severity::High) as usize;
-        let mut notifications = self
+        let deadline = tokio::time::Instant::now() + within;
+        let notifications = self
             .client
             .subscribe("alerts.created.>")
             .await
             .context("subscribing to alerts.created.>")?;
+        let escalations = self
+            .client
+            .subscribe(subjects::ESCALATIONS_ALL)
+            .await
+            .context("subscribing to escalations.>")?;
         self.client.flush().await?;
-        let collector = tokio::spawn(async move {
-            let mut seen: Vec<(i64, Instant)> = Vec::with_capacity(expected);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            while seen.len() < expected {
-                match tokio::time::timeout_at(deadline, notifications.next()).await {
-                    Ok(Some(message)) => {
-                        let at = Instant::now();
-                        let event_id =
-                            serde_json::from_slice::<serde_json::Value>(&message.payload)
-                                .ok()
-                                .and_then(|v| v.get("event_id").and_then(|id| id.as_i64()));
-                        if let Some(id) = event_id {
-                            seen.push((id, at));
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            seen
-        });
+        // Alerts carry `event_id`; escalations are the stored event, with its `id`.
+        let alerts = tokio::spawn(arrivals(notifications, "event_id", expected, deadline));
+        let escalated = tokio::spawn(arrivals(escalations, "id", expected, deadline));
         let sent_at = load::publish_at_rate(self.js.clone(), events, rate).await?;
-        let seen = collector.await?;
+        let alerts = alerts.await?;
+        let escalated = escalated.await?;
         ensure!(
-            seen.len() == expected,
+            alerts.len() == expected,
             "{} of {expected} alert notifications arrived",
-            seen.len()
+            alerts.len()
         );
-        let sent_by_uid: HashMap<&str, (usize, Instant)> = events
+        ensure!(
+            escalated.len() == expected,
+            "{} of {expected} escalations arrived",
+            escalated.len()
+        );
+        let sent_by_uid: HashMap<&str, (usize, Sent)> = events
             .iter()
             .zip(sent_at)
             .enumerate()
             .map(|(i, (event, at))| (event.uid.as_str(), (i, at)))
             .collect();
-        let uids = self.uids_of(seen.iter().map(|(id, _)| *id)).await?;
-        let mut latencies = Latencies::new();
-        for (event_id, at) in seen {
-            let sent = uids
+        let ids: Vec<i64> = alerts.keys().copied().collect();
+        let stored = self.stored_at(&ids).await?;
+        let alerted = self.alerted_at(&ids).await?;
+        let mut stages = Stages::default();
+        let mut negative = [0u64; 4];
+        for (event_id, notified) in alerts {
+            let (uid, received_us) = stored
                 .get(&event_id)
-                .and_then(|uid| sent_by_uid.get(uid.as_str()))
+                .with_context(|| format!("alert for event {event_id}, which is not stored"))?;
+            let (index, sent) = sent_by_uid
+                .get(uid.as_str())
                 .with_context(|| format!("alert for event {event_id} that was not sent"))?;
-            let (index, sent) = sent;
-            if *index >= from {
-                latencies.record(at.saturating_duration_since(*sent));
+            if *index < from {
+                continue;
             }
+            let escalation = escalated
+                .get(&event_id)
+                .with_context(|| format!("no escalation seen for event {event_id}"))?;
+            let alert_us = alerted
+                .get(&event_id)
+                .with_context(|| format!("no alert stored for event {event_id}"))?;
+            let mut gap = |stage: usize, from_us: i64, to_us: i64| {
+                if to_us < from_us {
+                    negative[stage] += 1;
+                }
+                Duration::from_micros(u64::try_from(to_us - from_us).unwrap_or(0))
+            };
+            let received = gap(0, sent.wall_us, *received_us);
+            let escalation_seen = gap(1, *received_us, escalation.wall_us);
+            let alert_begun = gap(2, escalation.wall_us, *alert_us);
+            let notification_seen = gap(3, *alert_us, notified.wall_us);
+            stages.received.record(received);
+            stages.escalated.record(escalation_seen);
+            stages.alerter.record(alert_begun);
+            stages.notified.record(notification_seen);
+            stages
+                .total
+                .record(notified.at.saturating_duration_since(sent.at));
         }
-        Ok(latencies)
+        stages.negative = negative;
+        Ok(stages)
     }
 
-    async fn uids_of(&self, ids: impl Iterator<Item = i64>) -> Result<HashMap<i64, String>> {
-        let ids: Vec<i64> = ids.collect();
-        let mut uids = HashMap::with_capacity(ids.len());
+    /// `id → (uid, created_at)` of the events `ids`.
+    async fn stored_at(&self, ids: &[i64]) -> Result<HashMap<i64, (String, i64)>> {
+        let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let list = chunk
-                .iter()
-                .map(|id| id.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let rows: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT id, uid FROM events WHERE id IN ({list})"
-            )))
-            .fetch_all(&self.db)
-            .await?;
-            uids.extend(rows);
+            let rows = self
+                .reader
+                .triples(format!(
+                    "SELECT id, uid, created_at FROM events WHERE id IN ({})",
+                    id_list(chunk)
+                ))
+                .await?;
+            found.extend(rows.into_iter().map(|(id, uid, at)| (id, (uid, at))));
         }
-        Ok(uids)
+        Ok(found)
+    }
+
+    /// `event_id → alerts.created_at` of the alerts of the events `ids`.
+    async fn alerted_at(&self, ids: &[i64]) -> Result<HashMap<i64, i64>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let rows = self
+                .reader
+                .pairs(format!(
+                    "SELECT event_id, created_at FROM alerts WHERE event_id IN ({})",
+                    id_list(chunk)
+                ))
+                .await?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Compares what was sent with what was stored, escalated and notified.
@@ -329,62 +443,147 @@ impl Stack {
         Ok(())
     }
 
-    /// A consistent copy of the database as it is now (for the api benchmark).
-    pub async fn snapshot(&self, to: &std::path::Path) -> Result<()> {
-        let sql = format!(
-            "VACUUM INTO '{}'",
-            to.display().to_string().replace('\'', "''")
-        );
-        self.db.execute(AssertSqlSafe(sql)).await?;
-        Ok(())
+    /// A consistent copy of the (SQLite) database as it is now, for the api benchmark.
+    pub async fn snapshot(&self, to: &Path) -> Result<()> {
+        self.reader.snapshot(to).await
     }
 
-    /// Stops both workers with SIGTERM; records their peak memory. Keeps the broker.
+    /// Stops every worker with SIGTERM and records the largest peak memory of each kind;
+    /// removes a PostgreSQL scratch database. Keeps the broker and the directory.
     pub async fn stop_workers(self, run: &mut PipelineRun) -> Result<(NatsServer, TempDir)> {
-        self.db.close().await;
-        run.ingestor_mib = self.ingestor.stop()?;
-        run.alerter_mib = self.alerter.stop()?;
+        self.reader.close().await;
+        for ingestor in self.ingestors {
+            run.ingestor_mib = run.ingestor_mib.max(ingestor.stop()?);
+        }
+        for alerter in self.alerters {
+            run.alerter_mib = run.alerter_mib.max(alerter.stop()?);
+        }
+        self.database.remove().await?;
         Ok((self.nats, self.dir))
     }
 }
 
-/// One whole pipeline run: `count` events as fast as possible, then the two latency phases.
-/// With `snapshot_to`, the database after the sustained phase is copied there.
-pub async fn run(
-    count: u64,
-    seed: u64,
-    snapshot_to: Option<&std::path::Path>,
-) -> Result<(PipelineRun, NatsServer, TempDir)> {
+/// A message's arrival on a core subscription.
+#[derive(Clone, Copy)]
+struct Arrival {
+    at: Instant,
+    wall_us: i64,
+}
+
+/// Collects, until `expected` distinct ids or `deadline`, when each message on
+/// `subscription` arrived, keyed by the integer field `key` of its JSON body (the first
+/// arrival if a message was published twice).
+async fn arrivals(
+    mut subscription: async_nats::Subscriber,
+    key: &'static str,
+    expected: usize,
+    deadline: tokio::time::Instant,
+) -> HashMap<i64, Arrival> {
+    let mut seen = HashMap::with_capacity(expected);
+    while seen.len() < expected {
+        match tokio::time::timeout_at(deadline, subscription.next()).await {
+            Ok(Some(message)) => {
+                let arrival = Arrival {
+                    at: Instant::now(),
+                    wall_us: load::wall_us(),
+                };
+                let id = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|v| v.get(key).and_then(|id| id.as_i64()));
+                if let Some(id) = id {
+                    seen.entry(id).or_insert(arrival);
+                }
+            }
+            _ => break,
+        }
+    }
+    seen
+}
+
+/// `1,2,3` for an `IN (…)` list of ids (integers, so formatting them into SQL is safe).
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What one pipeline run does.
+pub struct Plan<'a> {
+    /// Where the services store.
+    pub backend: &'a Backend,
+    /// The sensors' uid kind.
+    pub uids: Uids,
+    /// Events in the sustained phase.
+    pub events: u64,
+    /// Seed of the generated events.
+    pub seed: u64,
+    /// Ingestors (and as many alerters).
+    pub workers: usize,
+    /// The latency phases, or none (the scaling runs measure the sustained rate only).
+    pub latency: Option<Phases>,
+    /// Where to copy the database after the sustained phase (SQLite only).
+    pub snapshot_to: Option<&'a Path>,
+}
+
+/// One whole pipeline run: the sustained phase (sampling PostgreSQL's locks when several
+/// workers share the database), then the latency phases, with the correctness checks
+/// after each. Returns the broker and the run's directory (the api benchmark reuses them).
+pub async fn run(plan: Plan<'_>) -> Result<(PipelineRun, NatsServer, TempDir)> {
     let mut run = PipelineRun::default();
-    let events = load::events(count, seed)?;
-    let stack = Stack::start().await?;
+    let events = load::events(plan.events, plan.seed, plan.uids)?;
+    let stack = Stack::start(plan.backend, plan.workers).await?;
+    let sampler = match stack.postgres_url() {
+        Some(url) if plan.workers > 1 => Some(LockSampler::start(&url).await?),
+        _ => None,
+    };
     stack.sustained(&events, &mut run).await?;
+    if let Some(sampler) = sampler {
+        run.locks = Some(sampler.finish().await?);
+    }
     stack.check(&events, &mut run).await?;
-    if let Some(path) = snapshot_to {
+    if let Some(path) = plan.snapshot_to {
         stack.snapshot(path).await?;
     }
-    let mut sent = events;
+    if let Some(phases) = plan.latency {
+        let mut sent = events;
+        let length = (phases.warm_up + phases.measured).as_secs_f64();
+        // A pipeline slower than the rate drains a backlog after the phase: allow twice the
+        // time its stored rate says, and a minute besides.
+        let within = |count: usize| {
+            Duration::from_secs_f64(length + 60.0 + 2.0 * count as f64 / run.stored_rate.max(1.0))
+        };
 
-    let fixed_rate = 1000.0;
-    let phase = (LATENCY_WARM_UP + LATENCY_PHASE).as_secs_f64();
-    let fixed = load::events((fixed_rate * phase) as u64, seed + 1)?;
-    let warm = (fixed_rate * LATENCY_WARM_UP.as_secs_f64()) as usize;
-    run.latency_fixed = stack.latency(&fixed, fixed_rate, warm).await?;
-    sent.extend(fixed);
+        let fixed_rate = 1000.0;
+        let fixed = load::events((fixed_rate * length) as u64, plan.seed + 1, plan.uids)?;
+        let warm = (fixed_rate * phases.warm_up.as_secs_f64()) as usize;
+        run.latency_fixed = Some(
+            stack
+                .latency(&fixed, fixed_rate, warm, within(fixed.len()))
+                .await
+                .context("latency at 1,000 events/s")?,
+        );
+        sent.extend(fixed);
 
-    run.half_rate = run.stored_rate / 2.0;
-    let half = load::events((run.half_rate * phase) as u64, seed + 2)?;
-    let warm = (run.half_rate * LATENCY_WARM_UP.as_secs_f64()) as usize;
-    run.latency_half = stack.latency(&half, run.half_rate, warm).await?;
-    sent.extend(half);
+        run.half_rate = run.stored_rate / 2.0;
+        let half = load::events((run.half_rate * length) as u64, plan.seed + 2, plan.uids)?;
+        let warm = (run.half_rate * phases.warm_up.as_secs_f64()) as usize;
+        run.latency_half = Some(
+            stack
+                .latency(&half, run.half_rate, warm, within(half.len()))
+                .await
+                .context("latency at half the stored rate")?,
+        );
+        sent.extend(half);
 
-    // Checked again over everything sent, the latency phases included.
-    let sustained_checks = std::mem::take(&mut run.checks);
-    stack.check(&sent, &mut run).await?;
-    for check in &mut run.checks {
-        check.0 = format!("after the latency phases too: {}", check.0);
+        // Checked again over everything sent, the latency phases included.
+        let sustained_checks = std::mem::take(&mut run.checks);
+        stack.check(&sent, &mut run).await?;
+        for check in &mut run.checks {
+            check.0 = format!("after the latency phases too: {}", check.0);
+        }
+        run.checks.splice(0..0, sustained_checks);
     }
-    run.checks.splice(0..0, sustained_checks);
     let (nats, dir) = stack.stop_workers(&mut run).await?;
     Ok((run, nats, dir))
 }

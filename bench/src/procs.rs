@@ -1,4 +1,4 @@
-//! The services under test as real processes (the release binaries beside this one), their
+//! The services under test as real processes (the binaries beside this one), their
 //! peak memory, and facts about the machine.
 
 use std::net::TcpListener;
@@ -22,6 +22,18 @@ fn binaries_dir() -> Result<PathBuf> {
     exe.parent()
         .map(Path::to_path_buf)
         .context("this program has no directory")
+}
+
+/// The build the services run from, `release` or `debug` (the name of the directory they
+/// are in), for the report.
+pub fn build_profile() -> String {
+    binaries_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// A free loopback port (bound, then released for the service to take).

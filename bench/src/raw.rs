@@ -9,8 +9,9 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Connection, Executor};
+use sqlx::{AssertSqlSafe, Executor};
 
+use crate::db::PgScratch;
 use crate::load::{Outgoing, Publisher};
 
 /// Rows per transaction in the raw insert ceilings (CEILINGS.md used 1,000).
@@ -185,20 +186,11 @@ pub async fn sqlite_insert(dir: &std::path::Path, events: &[Outgoing]) -> Result
 /// PostgreSQL through sqlx, one `INSERT … SELECT FROM UNNEST(…)` per [`RAW_BATCH`]-row
 /// transaction, into a scratch database that is dropped afterwards: rows a second.
 pub async fn postgres_insert(url: &str, events: &[Outgoing]) -> Result<f64> {
-    let name = format!("threatmon_bench_raw_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(url).await?;
-    admin
-        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-        .await?;
-    admin
-        .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    let mut scratch = url::Url::parse(url)?;
-    scratch.set_path(&format!("/{name}"));
+    let scratch = PgScratch::create(url).await?;
     let result = async {
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect(scratch.as_str())
+            .connect(&scratch.url)
             .await?;
         pool.execute(AssertSqlSafe(RAW_TABLE.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")))
             .await?;
@@ -233,8 +225,6 @@ pub async fn postgres_insert(url: &str, events: &[Outgoing]) -> Result<f64> {
         anyhow::Ok(rate)
     }
     .await;
-    admin
-        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-        .await?;
+    scratch.drop_now().await?;
     result
 }
