@@ -143,6 +143,9 @@ struct RawInserts {
 struct Raw {
     publish: Samples,
     consume: Samples,
+    /// The whole machine's CPU-milliseconds per 1,000 messages while the raw consumer ran
+    /// (broker and client together).
+    consume_cpu: Samples,
     /// In the order of `--uids`.
     inserts: Vec<(Uids, RawInserts)>,
     postgres_error: Option<String>,
@@ -194,6 +197,8 @@ struct Pipeline {
     ingestor_mib: Samples,
     alerter_mib: Samples,
     locks: Option<LockSamples>,
+    /// The last run's CPU use during the sustained phase.
+    cpu: Option<procs::CpuUse>,
     checks: Vec<(usize, String, u64, u64)>,
 }
 
@@ -212,6 +217,7 @@ impl Pipeline {
             ingestor_mib: Samples::default(),
             alerter_mib: Samples::default(),
             locks: None,
+            cpu: None,
             checks: Vec::new(),
         }
     }
@@ -226,6 +232,9 @@ impl Pipeline {
         if let Some(stages) = &measured.latency_half {
             self.half.push(stages);
             self.half_rate.push(measured.half_rate);
+        }
+        if measured.cpu.is_some() {
+            self.cpu = measured.cpu;
         }
         self.ingestor_mib.push(measured.ingestor_mib);
         self.alerter_mib.push(measured.alerter_mib);
@@ -340,8 +349,12 @@ async fn run(args: Args) -> Result<bool> {
         let js = async_nats::jetstream::new(client);
         raw.publish
             .push(raw::jetstream_publish(&js, &events).await?);
+        let cpu_before = procs::machine_cpu_seconds().0;
         raw.consume
             .push(raw::jetstream_consume(&js, events.len() as u64).await?);
+        raw.consume_cpu.push(
+            1e6 * (procs::machine_cpu_seconds().0 - cpu_before) / (events.len().max(1) as f64),
+        );
         drop(nats);
         for (kind, inserts) in &mut raw.inserts {
             let events = load::events(args.raw_messages, 1000 + run as u64, *kind)?;
@@ -656,7 +669,8 @@ fn render_raw(out: &mut String, m: &Measured, kinds: &[Uids]) {
     );
     let _ = writeln!(
         out,
-        "| JetStream pull consumer, fetch 500, `ack()` each | {} | {} |",
+        "| JetStream pull consumer, fetch 500, `ack()` each ({:.0} CPU-ms of the machine per 1,000) | {} | {} |",
+        raw.consume_cpu.median(),
         kinds[0].flag(),
         rate(&raw.consume)
     );
@@ -722,6 +736,7 @@ fn render_pipeline(out: &mut String, m: &Measured, backend: &str, profile: &str,
             percent(p.stored.median(), insert)
         );
     }
+    render_cpu(out, &pipelines, backend);
     for p in &pipelines {
         let _ = writeln!(
             out,
@@ -778,6 +793,50 @@ fn render_pipeline(out: &mut String, m: &Measured, backend: &str, profile: &str,
             with_spread(&p.ingestor_mib, |v| format!("{v:.1}")),
             with_spread(&p.alerter_mib, |v| format!("{v:.1}")),
             p.uids.flag()
+        );
+    }
+}
+
+/// Where the CPU went during each sustained phase: per process, per 1,000 events, and how
+/// busy the whole machine was. A machine near 100% busy is CPU-bound, and the table says
+/// which process would have to get cheaper for the pipeline to go faster.
+fn render_cpu(out: &mut String, pipelines: &[&Pipeline], backend: &str) {
+    let Some(groups) = pipelines.iter().find_map(|p| p.cpu.as_ref()).map(|cpu| {
+        cpu.by_process
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+    }) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nCPU during the sustained phase ({backend}; last run), in CPU-milliseconds per 1,000 \
+         events, from `/proc/<pid>/stat`; machine busy from `/proc/stat`:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| uids | {} | other | machine busy |",
+        groups.join(" | ")
+    );
+    let _ = writeln!(out, "|{}", " --- |".repeat(groups.len() + 3));
+    for p in pipelines {
+        let Some(cpu) = &p.cpu else { continue };
+        let per_thousand = |seconds: f64| 1e6 * seconds / (cpu.events.max(1) as f64);
+        let listed: f64 = cpu.by_process.iter().map(|(_, s)| s).sum();
+        let cells: Vec<String> = cpu
+            .by_process
+            .iter()
+            .map(|(_, seconds)| format!("{:.0}", per_thousand(*seconds)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0}% of {:.1} core-s |",
+            p.uids.flag(),
+            cells.join(" | "),
+            per_thousand((cpu.machine_busy - listed).max(0.0)),
+            100.0 * cpu.machine_busy / cpu.machine_total.max(1e-9),
+            cpu.machine_total
         );
     }
 }

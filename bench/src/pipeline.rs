@@ -18,7 +18,7 @@ use testkit::NatsServer;
 use crate::db::{Backend, Database, Reader};
 use crate::load::{self, Outgoing, Publisher, Sent, Uids};
 use crate::locks::{LockSampler, LockSamples};
-use crate::procs::{Service, free_port};
+use crate::procs::{CpuMeter, CpuUse, Service, free_port, pids_named};
 use crate::stats::Latencies;
 
 /// How long the fixed-rate latency phases publish: `warm_up` unmeasured (the rate's
@@ -115,6 +115,8 @@ pub struct PipelineRun {
     pub half_rate: f64,
     /// PostgreSQL lock waits while the sustained phase ran (scaling runs only).
     pub locks: Option<LockSamples>,
+    /// Where the machine's CPU went during the sustained phase.
+    pub cpu: Option<CpuUse>,
     /// The correctness checks, as `(what, expected, found)`.
     pub checks: Vec<(String, u64, u64)>,
 }
@@ -172,6 +174,24 @@ impl Stack {
             reader,
             database,
         })
+    }
+
+    /// Measures the CPU of every process the pipeline runs on: the broker, the workers, this
+    /// bench (the publisher) and, on PostgreSQL, the server's processes.
+    fn cpu_meter(&self) -> CpuMeter {
+        let mut groups = vec![
+            ("nats-server", self.nats.pid().into_iter().collect()),
+            (
+                "ingestor",
+                self.ingestors.iter().map(Service::pid).collect(),
+            ),
+            ("alerter", self.alerters.iter().map(Service::pid).collect()),
+            ("bench (publisher)", vec![std::process::id()]),
+        ];
+        if self.postgres_url().is_some() {
+            groups.push(("postgres (server)", pids_named("postgres")));
+        }
+        CpuMeter::start(groups)
     }
 
     async fn count(&self, sql: &'static str) -> Result<u64> {
@@ -240,6 +260,7 @@ impl Stack {
     /// pipeline stores them and notifies their alerts.
     pub async fn sustained(&self, events: &[Outgoing], run: &mut PipelineRun) -> Result<()> {
         let alerts_before = self.count("SELECT COUNT(*) FROM alerts").await?;
+        let meter = self.cpu_meter();
         let start = Instant::now();
         let mut publisher = Publisher::new(self.js.clone());
         for event in events {
@@ -269,6 +290,9 @@ impl Stack {
         let alerted_at = self
             .wait_alerted(alerts_before + escalated, deadline)
             .await?;
+        let mut cpu = meter.stop();
+        cpu.events = events.len() as u64;
+        run.cpu = Some(cpu);
         run.stored_rate = events.len() as f64 / (stored_at - start).as_secs_f64();
         run.alerted_rate = events.len() as f64 / (alerted_at - start).as_secs_f64();
         Ok(())

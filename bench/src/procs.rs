@@ -92,6 +92,11 @@ impl Service {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The most memory the process has held (peak resident set, `VmHWM`), in MiB.
     pub fn peak_memory_mib(&self) -> Result<f64> {
         peak_memory_mib(self.child.id())
@@ -222,4 +227,124 @@ fn testkit_nats_version() -> String {
         }
     }
     "unknown".to_owned()
+}
+
+/// CPU time of a process so far (user + system), in seconds, from `/proc/<pid>/stat`; 0 when
+/// it cannot be read (the process is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let Some(after_name) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / clock_ticks_per_second()
+}
+
+/// The kernel's clock tick (`getconf CLK_TCK`; 100 on Linux almost everywhere).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Process ids of every process whose command name is `name` (e.g. the `postgres` server's
+/// backends), from `/proc`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
+}
+
+/// Busy and total CPU time of the whole machine so far, in seconds, from `/proc/stat`.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = values.iter().sum();
+    // idle and iowait are the 4th and 5th values.
+    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
+    let hz = clock_ticks_per_second();
+    ((total - idle) / hz, total / hz)
+}
+
+/// Where the machine's CPU went over a span: per process group, in CPU seconds.
+#[derive(Debug, Clone, Default)]
+pub struct CpuUse {
+    /// `(who, CPU seconds)`, in a fixed order.
+    pub by_process: Vec<(&'static str, f64)>,
+    /// The whole machine's busy CPU seconds.
+    pub machine_busy: f64,
+    /// The whole machine's CPU seconds (busy + idle): cores × wall time.
+    pub machine_total: f64,
+    /// Events the span handled (set by the caller).
+    pub events: u64,
+}
+
+/// A snapshot of CPU counters, to subtract from a later one.
+pub struct CpuMeter {
+    groups: Vec<(&'static str, Vec<u32>, f64)>,
+    busy: f64,
+    total: f64,
+}
+
+impl CpuMeter {
+    /// Starts measuring `groups` (a name and its process ids) and the whole machine.
+    pub fn start(groups: Vec<(&'static str, Vec<u32>)>) -> CpuMeter {
+        let (busy, total) = machine_cpu_seconds();
+        CpuMeter {
+            groups: groups
+                .into_iter()
+                .map(|(name, pids)| {
+                    let used = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+                    (name, pids, used)
+                })
+                .collect(),
+            busy,
+            total,
+        }
+    }
+
+    /// What each group and the machine used since [`CpuMeter::start`].
+    pub fn stop(&self) -> CpuUse {
+        let (busy, total) = machine_cpu_seconds();
+        CpuUse {
+            by_process: self
+                .groups
+                .iter()
+                .map(|(name, pids, before)| {
+                    let now: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+                    (*name, (now - before).max(0.0))
+                })
+                .collect(),
+            machine_busy: busy - self.busy,
+            machine_total: total - self.total,
+            events: 0,
+        }
+    }
 }

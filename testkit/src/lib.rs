@@ -96,6 +96,12 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_ref().map(std::process::Child::id)
+    }
+
     /// Whether the server process is alive (false after [`stop`](Self::stop)
     /// or if it died on its own).
     pub fn is_running(&self) -> bool {
