@@ -841,6 +841,16 @@ fn render_cpu(out: &mut String, pipelines: &[&Pipeline], backend: &str) {
     }
 }
 
+/// "`part` of `whole` = N%", the form of every ratio target.
+fn share_of(part: f64, whole: f64) -> String {
+    format!(
+        "{} of {} = {}",
+        thousands(part),
+        thousands(whole),
+        percent(part, whole)
+    )
+}
+
 /// The raw insert rate of `backend` with `uids` (0 when not measured).
 fn raw_insert(m: &Measured, backend: &str, uids: Uids) -> f64 {
     m.raw
@@ -990,12 +1000,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
     match pipeline("SQLite", Uids::V7) {
         Some(p) => row(
             target,
-            format!(
-                "{} of {} = {}",
-                thousands(p.stored.median()),
-                thousands(consume),
-                percent(p.stored.median(), consume)
-            ),
+            share_of(p.stored.median(), consume),
             verdict(p.stored.median() >= 0.5 * consume),
         ),
         None => row(target, absent("SQLite", Uids::V7), NOT),
@@ -1006,12 +1011,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
             let insert = raw_insert(m, "SQLite", Uids::V4);
             row(
                 target,
-                format!(
-                    "{} of {} = {}",
-                    thousands(p.stored.median()),
-                    thousands(insert),
-                    percent(p.stored.median(), insert)
-                ),
+                share_of(p.stored.median(), insert),
                 verdict(p.stored.median() >= 0.7 * insert),
             )
         }
@@ -1027,12 +1027,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
         match pipeline("PostgreSQL", uids) {
             Some(p) if insert > 0.0 => row(
                 target,
-                format!(
-                    "{} of {} = {}",
-                    thousands(p.stored.median()),
-                    thousands(insert),
-                    percent(p.stored.median(), insert)
-                ),
+                share_of(p.stored.median(), insert),
                 verdict(p.stored.median() >= 0.6 * insert),
             ),
             _ => row(target, absent("PostgreSQL", uids), NOT),
