@@ -3,9 +3,8 @@
 //! server), the scaling run and the api, with the debug builds of the services, and must
 //! exit successfully with every correctness check passed. It starts its own nats-server.
 //!
-//! The services are found beside the bench binary (`target/debug`): `cargo test --workspace`
-//! builds them there; with `cargo test -p threatmon-bench` alone, build them first
-//! (`cargo build --workspace --bins`).
+//! The services are found beside the bench binary (`target/debug`); the test builds them
+//! there first (`threatmon_tests::binary`).
 
 use std::path::Path;
 use std::process::Command;
@@ -16,11 +15,14 @@ fn a_tiny_benchmark_passes_every_check_on_both_backends() {
     let bench = Path::new(env!("CARGO_BIN_EXE_threatmon-bench"));
     let bin_dir = bench.parent().expect("the bench binary has a directory");
     for service in ["ingestor", "alerter", "api"] {
-        assert!(
-            bin_dir.join(service).exists(),
-            "{} is missing: build the services first (`cargo build --workspace --bins`; \
-             `cargo test --workspace` builds them too)",
-            bin_dir.join(service).display()
+        // Builds every binary of the workspace once (cargo test builds only the bins of
+        // packages with integration tests), beside the bench binary, where it looks for them.
+        let built = threatmon_tests::binary(service);
+        assert_eq!(
+            built.parent(),
+            Some(bin_dir),
+            "{} is not beside the bench",
+            built.display()
         );
     }
     let postgres = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "off".to_owned());
