@@ -183,6 +183,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         passwords,
         settings,
         shutdown: CancellationToken::new(),
+        published: updates::PublishedChanges::default(),
     });
     common::ops::metrics();
     ensure_admin(&state).await?;

@@ -32,6 +32,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Cancelled when the server stops: ends live streams so that shutdown can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Changes announced whose pending mark is still to be cleared (see `updates`).
+    pub published: crate::updates::PublishedChanges,
 }
 
 impl AppState {

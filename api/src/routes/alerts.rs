@@ -199,7 +199,7 @@ async fn change_status(
             to = %change.to_status,
             "alert status changed"
         );
-        crate::updates::announce(&state.storage, &state.js, &update.alert, change).await;
+        crate::updates::announce(&state.js, &state.published, &update.alert, change).await;
     }
     Ok(Json(update.alert))
 }

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
 use super::filter::{Clauses, Param, bind_params};
 use super::{
     CountShards, Storage, StorageError, add_counts, anonymous_placeholders, fixed_shape_chunks,
-    in_write_transaction, on_pool, pg_chunks,
+    in_write_transaction, on_pool, pg_chunks, row_placeholders,
 };
 use crate::domain::{Alert, AlertStatus, Event, Severity, from_micros, to_micros};
 
@@ -749,19 +749,33 @@ impl Storage {
 
     /// Records that a status change's notification has been published (its PubAck is back).
     pub async fn mark_change_notified(&self, change_id: i64) -> Result<(), StorageError> {
-        self.retrying_while_busy(|| self.mark_change_notified_once(change_id))
+        self.mark_changes_notified(&[change_id]).await
+    }
+
+    /// [`Storage::mark_change_notified`] for several changes, in one transaction.
+    pub async fn mark_changes_notified(&self, change_ids: &[i64]) -> Result<(), StorageError> {
+        if change_ids.is_empty() {
+            return Ok(());
+        }
+        self.retrying_while_busy(|| self.mark_changes_notified_once(change_ids))
             .await
     }
 
-    async fn mark_change_notified_once(&self, change_id: i64) -> Result<(), StorageError> {
-        on_pool!(self, |pool| {
-            sqlx::query::<Db>(
-                "UPDATE alert_status_changes SET notify_pending = FALSE \
-                 WHERE id = $1 AND notify_pending",
-            )
-            .bind(change_id)
-            .execute(pool)
-            .await?;
+    async fn mark_changes_notified_once(&self, change_ids: &[i64]) -> Result<(), StorageError> {
+        in_write_transaction!(self, |tx| {
+            for chunk in fixed_shape_chunks(change_ids) {
+                let mut sql = String::from(
+                    "UPDATE alert_status_changes SET notify_pending = FALSE \
+                     WHERE notify_pending AND id IN ",
+                );
+                row_placeholders(&mut sql, 1, chunk.len());
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
