@@ -36,13 +36,14 @@ impl Connections {
 /// How a worker pulls from its consumer.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Pulling {
-    /// Most messages stored or alerted in one transaction. 3,000 by measurement: the whole
-    /// pipeline (ingestor and alerter, 200,000 events from `threatctl publish`, 2 cores)
-    /// stored 22.6k events/s at 1,000 and 26.7k at 3,000 on SQLite, 24.6k and 26.5k on
-    /// PostgreSQL: fewer, larger transactions take SQLite's one write lock less often and
-    /// dirty fewer index pages per event. A batch is what is waiting, so a slow trickle
-    /// still goes through at once.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 3000,
+    /// Most messages stored or alerted in one transaction. 1,000: 3,000 stored ~15% more
+    /// events/s in the whole pipeline (200,000 events from `threatctl publish`, 2 cores:
+    /// SQLite 22.6k → 26.7k, PostgreSQL 24.6k → 26.5k), but a worker then holds more than the
+    /// consumer's 20,000 unacknowledged messages allow (two batches in flight, four batches'
+    /// worth of pulls outstanding), and in the benchmark's latency phase after a sustained
+    /// one the alerter's pull went quiet until its missed-heartbeat check reopened it, 4 s
+    /// later. A batch is what is waiting, so a slow trickle still goes through at once.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub batch_size: u16,
 
