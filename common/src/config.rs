@@ -37,7 +37,7 @@ impl Connections {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Pulling {
     /// Most messages stored or alerted in one transaction. 1,000: 3,000 stored ~15% more
-    /// events/s in the whole pipeline (200,000 events from `threatctl publish`, 2 cores:
+    /// events/s in the whole pipeline (`scripts/pipeline-rate`, 200,000 events, 2 cores:
     /// SQLite 22.6k → 26.7k, PostgreSQL 24.6k → 26.5k), but a worker then holds more than the
     /// consumer's 20,000 unacknowledged messages allow (two batches in flight, four batches'
     /// worth of pulls outstanding), and in the benchmark's latency phase after a sustained
