@@ -1,19 +1,17 @@
 //! Events: stored once per idempotency key, read newest first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Sqlite};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Sqlite};
 
-use super::filter::{Clauses, Param, bind_params};
-use super::{
-    CountShards, Storage, StorageError, add_counts, anonymous_placeholders, fixed_shape_chunks,
-    in_write_transaction, on_pool, pg_chunks,
-};
+use super::counts::{CountShards, EventCountDelta};
+use super::listing::{CountTables, ListFilter, shared_conditions};
+use super::sql::{Condition, Value, push_tuple};
+use super::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, on_pool, pg_chunks};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
-const EVENT_COLUMNS: usize = 9;
 const SELECT_EVENT: &str = "SELECT id, uid, source_name, event_type, severity, description, \
                             description_exact, occurred_at, attributes, created_at FROM events";
 /// Postgres inserts a whole batch with one statement of one text, whatever the batch size, so
@@ -63,10 +61,30 @@ pub struct EventFilter {
     pub created_to: Option<DateTime<Utc>>,
 }
 
-impl EventFilter {
-    /// The counts table that can answer a count of this filter, if any: `event_counts` when
-    /// nothing but the severity is given, `event_counts_by_type` or `event_counts_by_source`
-    /// when the type or the sensor is given as well (not both), none when a time is given.
+const EVENT_COUNT_TABLES: CountTables = CountTables {
+    all: "event_counts",
+    by_type: "event_counts_by_type",
+    by_source: "event_counts_by_source",
+};
+
+impl ListFilter for EventFilter {
+    const SELECT: &'static str = SELECT_EVENT;
+    const TABLE: &'static str = "events";
+
+    fn conditions(&self) -> Vec<Condition> {
+        shared_conditions(
+            self.severity,
+            self.source_name.as_deref(),
+            self.event_type.as_deref(),
+            self.created_from,
+            self.created_to,
+        )
+        .collect()
+    }
+
+    /// `event_counts` when nothing but the severity is given, `event_counts_by_type` or
+    /// `event_counts_by_source` when the type or the sensor is given as well (not both),
+    /// none when a time is given.
     fn count_table(&self) -> Option<&'static str> {
         // Destructured so that a new field must be considered here.
         let EventFilter {
@@ -76,32 +94,11 @@ impl EventFilter {
             created_from,
             created_to,
         } = self;
-        if created_from.is_some() || created_to.is_some() {
-            return None;
-        }
-        match (event_type, source_name) {
-            (None, None) => Some("event_counts"),
-            (Some(_), None) => Some("event_counts_by_type"),
-            (None, Some(_)) => Some("event_counts_by_source"),
-            (Some(_), Some(_)) => None,
-        }
-    }
-
-    /// The filter as `WHERE` conditions with their bound values.
-    fn conditions(&self) -> Clauses {
-        let mut clauses = Clauses::conditions();
-        clauses.push_some("severity", "=", self.severity, |s| {
-            Param::SmallInt(s.rank())
-        });
-        clauses.push_some("source_name", "=", self.source_name.clone(), Param::Text);
-        clauses.push_some("event_type", "=", self.event_type.clone(), Param::Text);
-        clauses.push_some("created_at", ">=", self.created_from, |t| {
-            Param::Int(to_micros(t))
-        });
-        clauses.push_some("created_at", "<=", self.created_to, |t| {
-            Param::Int(to_micros(t))
-        });
-        clauses
+        EVENT_COUNT_TABLES.answering(
+            event_type.is_some(),
+            source_name.is_some(),
+            created_from.is_some() || created_to.is_some(),
+        )
     }
 }
 
@@ -182,28 +179,6 @@ fn stored_event(record: &EventRecord, id: i64) -> Event {
     }
 }
 
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (uid, source_name, event_type, severity, description, \
-         description_exact, occurred_at, attributes, created_at) VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        anonymous_placeholders(&mut sql, EVENT_COLUMNS);
-    }
-    sql.push_str(" ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity");
-    sql
-}
-
-fn in_list_sql(prefix: &str, count: usize) -> String {
-    let mut sql = String::from(prefix);
-    sql.push_str(" IN ");
-    anonymous_placeholders(&mut sql, count);
-    sql
-}
-
 /// The stored form of an event's attributes: JSON text, or NULL when it has none.
 fn attributes_text(record: &EventRecord) -> Option<String> {
     record
@@ -237,26 +212,30 @@ impl EventStatements for Sqlite {
     ) -> Result<Vec<(i64, String, i16)>, StorageError> {
         let mut inserted = Vec::with_capacity(records.len());
         for chunk in fixed_shape_chunks(records) {
-            let sql = insert_sql(chunk.len());
-            let descriptions: Vec<_> = chunk
-                .iter()
-                .map(|record| description_columns(&record.event.description))
-                .collect();
-            let mut query = sqlx::query_as::<Sqlite, (i64, String, i16)>(AssertSqlSafe(sql));
-            for (record, (description, description_exact)) in chunk.iter().zip(&descriptions) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (uid, source_name, event_type, severity, description, \
+                 description_exact, occurred_at, attributes, created_at) ",
+            );
+            query.push_values(chunk, |mut row, record| {
                 let event = &record.event;
-                query = query
-                    .bind(record.uid.as_str())
-                    .bind(event.source_name.as_str())
-                    .bind(event.event_type.as_str())
-                    .bind(event.severity.rank())
-                    .bind(description.as_ref())
-                    .bind(description_exact.as_deref())
-                    .bind(event.occurred_at.map(to_micros))
-                    .bind(attributes_text(record))
-                    .bind(to_micros(record.created_at));
-            }
-            inserted.extend(query.fetch_all(&mut *conn).await?);
+                let (description, description_exact) = description_columns(&event.description);
+                row.push_bind(record.uid.as_str())
+                    .push_bind(event.source_name.as_str())
+                    .push_bind(event.event_type.as_str())
+                    .push_bind(event.severity.rank())
+                    .push_bind(description)
+                    .push_bind(description_exact)
+                    .push_bind(event.occurred_at.map(to_micros))
+                    .push_bind(attributes_text(record))
+                    .push_bind(to_micros(record.created_at));
+            });
+            query.push(" ON CONFLICT (uid) DO NOTHING RETURNING id, uid, severity");
+            inserted.extend(
+                query
+                    .build_query_as::<(i64, String, i16)>()
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
         }
         Ok(inserted)
     }
@@ -267,12 +246,14 @@ impl EventStatements for Sqlite {
     ) -> Result<Vec<EventRow>, StorageError> {
         let mut rows = Vec::with_capacity(uids.len());
         for chunk in fixed_shape_chunks(uids) {
-            let sql = in_list_sql(&format!("{SELECT_EVENT} WHERE uid"), chunk.len());
-            let mut query = sqlx::query_as::<Sqlite, EventRow>(AssertSqlSafe(sql));
-            for uid in chunk {
-                query = query.bind(*uid);
-            }
-            rows.extend(query.fetch_all(&mut *conn).await?);
+            let mut query = QueryBuilder::<Sqlite>::new(format!("{SELECT_EVENT} WHERE uid IN "));
+            push_tuple(&mut query, chunk.iter().map(|&uid| Value::from(uid)));
+            rows.extend(
+                query
+                    .build_query_as::<EventRow>()
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
         }
         Ok(rows)
     }
@@ -363,30 +344,6 @@ async fn pg_insert_event_chunk(
     Ok(inserted)
 }
 
-/// What a transaction adds to the event count tables, keys in order (see `add_counts!`).
-#[derive(Default)]
-struct EventCountDelta<'a> {
-    by_severity: BTreeMap<i16, i64>,
-    by_type: BTreeMap<(&'a str, i16), i64>,
-    by_source: BTreeMap<(&'a str, i16), i64>,
-}
-
-impl<'a> EventCountDelta<'a> {
-    /// Counts one more stored event.
-    fn add(&mut self, event: &'a NewEvent) {
-        let severity = event.severity.rank();
-        *self.by_severity.entry(severity).or_default() += 1;
-        *self
-            .by_type
-            .entry((event.event_type.as_str(), severity))
-            .or_default() += 1;
-        *self
-            .by_source
-            .entry((event.source_name.as_str(), severity))
-            .or_default() += 1;
-    }
-}
-
 impl Storage {
     /// Stores a batch of events in one transaction. An event whose key is already stored is
     /// left as it is (not an error); of events sharing a key within the batch, the first is
@@ -455,33 +412,9 @@ impl Storage {
 
             // Last before the commit, so that the count rows stay locked briefly.
             let shard = <Db as CountShards>::claim_count_shard(&mut tx).await?;
-            add_counts!(
-                Db,
-                tx,
-                shard,
-                "event_counts",
-                &["severity"],
-                &added.by_severity,
-                |query, severity| query.bind(*severity)
-            );
-            add_counts!(
-                Db,
-                tx,
-                shard,
-                "event_counts_by_type",
-                &["event_type", "severity"],
-                &added.by_type,
-                |query, (event_type, severity)| query.bind(*event_type).bind(*severity)
-            );
-            add_counts!(
-                Db,
-                tx,
-                shard,
-                "event_counts_by_source",
-                &["source_name", "severity"],
-                &added.by_source,
-                |query, (source_name, severity)| query.bind(*source_name).bind(*severity)
-            );
+            for mut upsert in added.upserts::<Db>(shard) {
+                upsert.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(StoredEvents {
                 newly_stored: inserted.len() as u64,
@@ -523,24 +456,7 @@ impl Storage {
     /// both of those) is answered from a counts table (a few rows); any other counts the
     /// matching rows.
     pub async fn count_events_matching(&self, filter: &EventFilter) -> Result<i64, StorageError> {
-        let clauses = filter.conditions();
-        // SUM(BIGINT) is NUMERIC on Postgres: cast back to BIGINT.
-        let sql = match filter.count_table() {
-            Some(table) => format!(
-                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {table}{}",
-                clauses.sql("WHERE")
-            ),
-            None => format!("SELECT COUNT(*) FROM events{}", clauses.sql("WHERE")),
-        };
-        let count = on_pool!(self, |pool| {
-            bind_params!(
-                sqlx::query_scalar::<Db, i64>(AssertSqlSafe(sql)),
-                clauses.params()
-            )
-            .fetch_one(pool)
-            .await?
-        });
-        Ok(count)
+        self.count_matching(filter).await
     }
 
     /// The events matching `filter`, newest first, `limit` of them after skipping `offset`
@@ -551,20 +467,9 @@ impl Storage {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Event>, StorageError> {
-        let mut clauses = filter.conditions();
-        let where_sql = clauses.sql("WHERE");
-        let limit = clauses.bind(Param::Int(limit.max(0)));
-        let offset = clauses.bind(Param::Int(offset.max(0)));
-        let sql =
-            format!("{SELECT_EVENT}{where_sql} ORDER BY id DESC LIMIT {limit} OFFSET {offset}");
-        let rows = on_pool!(self, |pool| {
-            bind_params!(
-                sqlx::query_as::<Db, EventRow>(AssertSqlSafe(sql)),
-                clauses.params()
-            )
-            .fetch_all(pool)
-            .await?
-        });
+        let rows: Vec<EventRow> = self
+            .list_matching(filter, "ORDER BY id DESC", limit, offset)
+            .await?;
         rows.into_iter().map(Event::try_from).collect()
     }
 }

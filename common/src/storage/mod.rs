@@ -11,16 +11,20 @@
 //! `query!` macros), so building needs no live database; every query is exercised on both
 //! backends by the test suite (`THREATMON_TEST_BACKEND=postgres` reruns it on Postgres).
 //!
-//! Exact counts without scans: `event_counts` (per severity) and `alert_counts` (per status
-//! and severity), and the same again per event type (`*_counts_by_type`) and per sensor
-//! (`*_counts_by_source`), are kept in the same transaction as every change to the rows they
-//! count, by upserts of sorted keys (see [`add_counts!`]); a count filtered by nothing but
-//! those columns reads them instead of the rows. Anything writing `events` or `alerts` must
-//! keep them too.
+//! Statements whose text depends on the call (filters, multi-row `VALUES`, `IN` lists) are
+//! built on sqlx's `QueryBuilder` (see [`sql`]); the lists of events and alerts share one
+//! filter, count and page path (see [`listing`]).
+//!
+//! Exact counts without scans: counts tables per severity, status, type and sensor are kept
+//! in the same transaction as every change to the rows they count (see [`counts`]); a count
+//! filtered by nothing but those columns reads them instead of the rows. Anything writing
+//! `events` or `alerts` must keep them too.
 
 mod alerts;
+mod counts;
 mod events;
-mod filter;
+mod listing;
+mod sql;
 mod users;
 
 use std::str::FromStr;
@@ -537,19 +541,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Placeholder list `($n, $n+1, …)` for one row of a multi-row `VALUES`, numbering from `first`.
-fn row_placeholders(sql: &mut String, first: usize, columns: usize) {
-    sql.push('(');
-    for column in 0..columns {
-        if column > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('$');
-        sql.push_str(&(first + column).to_string());
-    }
-    sql.push(')');
-}
-
 /// Most bytes of bound values in one Postgres statement: a whole batch of events usually
 /// fits, and a batch of huge events is split rather than buffered as one message of many
 /// MiB. (The socket has TCP_NODELAY, see `vendor/sqlx-core/PATCHED.md`: a large statement no
@@ -577,21 +568,6 @@ fn pg_chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     chunks
 }
 
-/// Placeholder list `(?, ?, …)` for one row of a SQLite statement whose parameters are all
-/// bound in order. sqlx looks up every numbered parameter (`$n`) by name, which SQLite answers
-/// by scanning the statement's parameter list: quadratic in the parameter count, and a quarter
-/// of the ingestor's database time with 4,000 parameters. Anonymous ones skip the lookup.
-fn anonymous_placeholders(sql: &mut String, columns: usize) {
-    sql.push('(');
-    for column in 0..columns {
-        if column > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('?');
-    }
-    sql.push(')');
-}
-
 /// Rows per statement of SQLite's multi-row statements, largest first: a run of rows is
 /// sent as statements of these sizes only (1,000 rows: 3 × 256, 3 × 64, 2 × 16, 2 × 4), so
 /// that a handful of statement texts serve every batch and stay prepared in sqlx's statement
@@ -611,98 +587,6 @@ pub(crate) fn fixed_shape_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
         rest = tail;
         Some(chunk)
     })
-}
-
-/// Adds the counts of `$delta` (a `BTreeMap` from key to count, so keys in order) to shard
-/// `$shard` of the counts table `$table` with key columns `$keys`, in upserts of the sizes
-/// [`fixed_shape_chunks`] makes; `|$query, $key| $bind` binds one key's columns. Nothing
-/// when `$delta` is empty. `$shard` comes from [`CountShards::claim_count_shard`] in the
-/// same transaction.
-macro_rules! add_counts {
-    ($Db:ty, $tx:expr, $shard:expr, $table:expr, $keys:expr, $delta:expr, |$query:ident, $key:pat_param| $bind:expr) => {{
-        let delta: Vec<_> = $delta.iter().collect();
-        let shard: i16 = $shard;
-        for chunk in $crate::storage::fixed_shape_chunks(&delta) {
-            let sql = $crate::storage::add_counts_sql($table, $keys, chunk.len());
-            let mut $query = sqlx::query::<$Db>(sqlx::AssertSqlSafe(sql));
-            for &(key, n) in chunk {
-                let $key = key;
-                $query = $bind.bind(shard).bind(*n);
-            }
-            $query.execute(&mut *$tx).await?;
-        }
-    }};
-}
-pub(crate) use add_counts;
-
-/// The upsert that adds `n` to the count of each of `rows` keys in one shard of a counts
-/// table (`event_counts`, `alert_counts`, …): `INSERT INTO table (keys…, shard, n) VALUES
-/// (…), (…) ON CONFLICT (keys…, shard) DO UPDATE SET n = table.n + excluded.n`.
-pub(crate) fn add_counts_sql(table: &str, keys: &[&str], rows: usize) -> String {
-    let columns = keys.len() + 2;
-    let keys = keys.join(", ");
-    let mut sql = format!("INSERT INTO {table} ({keys}, shard, n) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        row_placeholders(&mut sql, row * columns + 1, columns);
-    }
-    sql.push_str(&format!(
-        " ON CONFLICT ({keys}, shard) DO UPDATE SET n = {table}.n + excluded.n"
-    ));
-    sql
-}
-
-/// Shards of each counts table on PostgreSQL (see migration 0007): more than the writers
-/// that run at once (two batches in flight per worker, the api's changes), so a writer
-/// almost always finds one free without waiting.
-const POSTGRES_COUNT_SHARDS: i16 = 32;
-
-/// The advisory-lock class of count shards (`pg_advisory_xact_lock(class, shard)`; "tmcs").
-const COUNT_SHARD_LOCK_CLASS: i32 = 0x746d_6373;
-
-/// How a writing transaction picks the shard of the counts tables it adds to.
-pub(crate) trait CountShards: sqlx::Database {
-    /// A shard that no other running transaction writes, held until this one ends.
-    async fn claim_count_shard(conn: &mut Self::Connection) -> Result<i16, StorageError>;
-}
-
-/// SQLite: one writer at a time, so always shard 0.
-impl CountShards for sqlx::Sqlite {
-    async fn claim_count_shard(_conn: &mut Self::Connection) -> Result<i16, StorageError> {
-        Ok(0)
-    }
-}
-
-/// Postgres: the first shard whose advisory lock is free, tried without waiting, from a
-/// random start so that writers spread out. Only when every shard is taken does it wait,
-/// and then on one shard's lock, not on rows.
-impl CountShards for sqlx::Postgres {
-    async fn claim_count_shard(conn: &mut Self::Connection) -> Result<i16, StorageError> {
-        let free: Option<i16> = sqlx::query_scalar(
-            "SELECT CAST(s % $2 AS SMALLINT) \
-             FROM (SELECT CAST(floor(random() * $2) AS INT) AS start) AS r, \
-                  generate_series(r.start, r.start + $2 - 1) AS s \
-             WHERE pg_try_advisory_xact_lock($1, s % $2) LIMIT 1",
-        )
-        .bind(COUNT_SHARD_LOCK_CLASS)
-        .bind(i32::from(POSTGRES_COUNT_SHARDS))
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(shard) = free {
-            return Ok(shard);
-        }
-        let shard: i16 = sqlx::query_scalar(
-            "SELECT CAST(pg_backend_pid() % $2 AS SMALLINT) \
-             FROM (SELECT pg_advisory_xact_lock($1, pg_backend_pid() % $2)) AS locked",
-        )
-        .bind(COUNT_SHARD_LOCK_CLASS)
-        .bind(i32::from(POSTGRES_COUNT_SHARDS))
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(shard)
-    }
 }
 
 #[cfg(test)]
@@ -745,26 +629,6 @@ mod tests {
                 .map(<[u8]>::len)
                 .collect::<Vec<_>>(),
             [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]
-        );
-    }
-
-    #[test]
-    fn placeholders_number_rows_consecutively() {
-        let mut sql = String::new();
-        row_placeholders(&mut sql, 4, 3);
-        assert_eq!(sql, "($4, $5, $6)");
-        let mut sql = String::new();
-        anonymous_placeholders(&mut sql, 3);
-        assert_eq!(sql, "(?, ?, ?)");
-    }
-
-    #[test]
-    fn count_upserts_add_to_every_key_given() {
-        assert_eq!(
-            add_counts_sql("alert_counts", &["status", "severity"], 2),
-            "INSERT INTO alert_counts (status, severity, shard, n) VALUES ($1, $2, $3, $4), \
-             ($5, $6, $7, $8) ON CONFLICT (status, severity, shard) \
-             DO UPDATE SET n = alert_counts.n + excluded.n"
         );
     }
 }

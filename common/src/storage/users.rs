@@ -4,9 +4,9 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::filter::{Clauses, Param, bind_params};
+use super::sql::{Value, push_assignments};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Role, User, from_micros, to_micros};
 
@@ -228,31 +228,29 @@ impl Storage {
         changes: &UserChanges,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StorageError> {
-        let mut set = Clauses::assignments();
-        set.push_some("email", "=", changes.email.clone(), Param::Text);
-        set.push_some("role", "=", changes.role, |r| {
-            Param::Text(r.as_str().to_owned())
-        });
-        set.push_some(
-            "password_hash",
-            "=",
-            changes.password_hash.clone(),
-            Param::Text,
-        );
-        set.push_some("is_active", "=", changes.is_active, Param::Bool);
-        set.push("updated_at", "=", Param::Int(to_micros(now)));
-        let set_sql = set.sql("SET");
-        let id_placeholder = set.bind(Param::Int(id));
-        let sql =
-            format!("UPDATE users{set_sql} WHERE id = {id_placeholder} RETURNING {USER_COLUMNS}");
+        let assignments: Vec<(&'static str, Value)> = [
+            ("email", changes.email.clone().map(Value::from)),
+            ("role", changes.role.map(|r| Value::from(r.as_str()))),
+            (
+                "password_hash",
+                changes.password_hash.clone().map(Value::from),
+            ),
+            ("is_active", changes.is_active.map(Value::from)),
+            ("updated_at", Some(Value::from(to_micros(now)))),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| Some((column, value?)))
+        .collect();
         let row = on_pool!(self, |pool| {
-            bind_params!(
-                sqlx::query_as::<Db, UserRow>(AssertSqlSafe(sql)),
-                set.params()
-            )
-            .fetch_optional(pool)
-            .await
-            .map_err(user_error)?
+            let mut query = QueryBuilder::<Db>::new("UPDATE users");
+            push_assignments(&mut query, assignments);
+            query.push(" WHERE id = ").push_bind(id);
+            query.push(format_args!(" RETURNING {USER_COLUMNS}"));
+            query
+                .build_query_as::<UserRow>()
+                .fetch_optional(pool)
+                .await
+                .map_err(user_error)?
         });
         row.map(User::try_from).transpose()
     }
