@@ -127,7 +127,7 @@ pub async fn run_batches<F, Fut>(
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    finish(&mut in_flight).await;
+                    finish(&mut in_flight, &shutdown).await;
                     break 'connect;
                 }
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
@@ -158,7 +158,7 @@ pub async fn run_batches<F, Fut>(
                 break;
             }
         }
-        finish(&mut in_flight).await;
+        finish(&mut in_flight, &shutdown).await;
         ready.set(false);
         if !backoff.wait(&shutdown).await {
             break;
@@ -182,9 +182,35 @@ async fn run_step(stream: &'static str, step: impl Future<Output = ()>) {
     tracing::debug!(took_us = started.elapsed().as_micros() as u64, "batch done");
 }
 
-/// Waits for every step in hand to finish.
-async fn finish<F: Future<Output = ()>>(in_flight: &mut FuturesUnordered<F>) {
-    while in_flight.next().await.is_some() {}
+/// How long a stopping worker waits for the steps in hand to finish. A step still running
+/// then is dropped where it stands, as a kill would stop it: its transaction rolls back or
+/// has committed, its messages come back after `ack_wait`, and every stage absorbs a
+/// redelivery. Without a bound, a worker told to stop while the broker was gone waited for
+/// the broker for ever: its acknowledgements filled the client's queue, which only a
+/// connection drains.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits for every step in hand to finish; once `shutdown` is cancelled, for at most
+/// [`STOP_GRACE`] more.
+async fn finish<F: Future<Output = ()>>(
+    in_flight: &mut FuturesUnordered<F>,
+    shutdown: &CancellationToken,
+) {
+    let unsettled = {
+        let all_done = async { while in_flight.next().await.is_some() {} };
+        tokio::pin!(all_done);
+        tokio::select! {
+            () = &mut all_done => return,
+            () = shutdown.cancelled() => {}
+        }
+        tokio::time::timeout(STOP_GRACE, all_done).await.is_err()
+    };
+    if unsettled {
+        tracing::warn!(
+            batches = in_flight.len(),
+            "stopping with batches unsettled; they will be redelivered"
+        );
+    }
 }
 
 /// Reports a durable consumer's backlog as gauges every few seconds, until `shutdown`.

@@ -177,6 +177,13 @@ impl Pipeline {
 
     /// Publishes many events with all acknowledgements in flight at once.
     pub async fn publish_events(&self, events: &[(Value, Option<String>)]) {
+        // In windows: with tens of thousands of PubAcks outstanding the client stalls.
+        for window in events.chunks(1000) {
+            self.publish_window(window).await;
+        }
+    }
+
+    async fn publish_window(&self, events: &[(Value, Option<String>)]) {
         let mut outgoing = Vec::with_capacity(events.len());
         for (event, msg_id) in events {
             let source = event["sourceName"].as_str().unwrap_or("unknown");

@@ -212,6 +212,37 @@ async fn a_worker_asked_to_stop_finishes_its_batch_and_a_successor_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_asked_to_stop_while_the_broker_is_gone_stop_and_successors_lose_nothing() {
+    let mut pipeline = Pipeline::start().await;
+    // A backlog, so that both workers have full batches in hand when the broker goes.
+    let events = mixed_events("broker-gone", 20_000);
+    pipeline.publish_events(&events).await;
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    let storage = &pipeline.storage;
+    eventually(PATIENCE, "both workers busy", || async move {
+        (storage.count_alerts().await.ok()? > 0).then_some(())
+    })
+    .await;
+
+    pipeline.nats.stop();
+    // Each worker waits a bounded time for its batches in hand to settle, then stops:
+    // a service manager's stop must not wait for the broker to come back.
+    tokio::time::timeout(Duration::from_secs(40), async {
+        tokio::join!(ingestor.stop(), alerter.stop());
+    })
+    .await
+    .expect("workers stop while the broker is gone");
+
+    pipeline.nats.restart();
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter();
+    assert_exactly_once(&pipeline, 20_000, count_at_least(&events, Severity::High)).await;
+    ingestor.stop().await;
+    alerter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_starting_while_jetstream_is_not_ready_waits_for_it() {
     let mut nats = testkit::NatsServer::start();
     // A server that takes connections but answers no JetStream request yet, as one that is
