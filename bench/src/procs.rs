@@ -53,13 +53,25 @@ impl Service {
                 binary.display()
             );
         }
-        let log = log_dir.join(format!("{name}.log"));
+        // BENCH_LOG_DIR keeps the services' logs after the run (they go to a temporary
+        // directory otherwise), BENCH_SERVICE_LOG sets their RUST_LOG: for a closer look at
+        // one run, e.g. `BENCH_SERVICE_LOG=warn,common::worker=debug,ingestor=debug`.
+        let log = match std::env::var_os("BENCH_LOG_DIR") {
+            Some(keep) => {
+                let run = log_dir.file_name().unwrap_or_default().to_string_lossy();
+                Path::new(&keep).join(format!("{run}-{name}.log"))
+            }
+            None => log_dir.join(format!("{name}.log")),
+        };
         let file = std::fs::File::create(&log).context("creating a log file")?;
         let mut command = Command::new(&binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
