@@ -974,7 +974,9 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
     let _ = writeln!(out, "\n## Targets (issue 11)\n");
     let _ = writeln!(
         out,
-        "Each a ratio or a figure of this run.\n\n| target | measured | |\n| --- | --- | --- |"
+        "Each a ratio or a figure of this run. [`bench/PROFILES.md`](bench/PROFILES.md) traces \
+         each miss to the limit that stops it, with the `scripts/profile` runs behind it.\n\n\
+         | target | measured | |\n| --- | --- | --- |"
     );
     let mut row = |target: String, measured: String, verdict: &str| {
         let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
