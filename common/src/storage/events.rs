@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Sqlite};
 
 use super::counts::{CountShards, EventCountDelta};
 use super::listing::{CountTables, ListFilter, shared_conditions};
-use super::sql::{Condition, Value, push_tuple};
+use super::sql::{Condition, in_list_chunks};
 use super::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, on_pool, pg_chunks};
 use crate::domain::{Event, NewEvent, Severity, from_micros, to_micros};
 
@@ -245,9 +245,8 @@ impl EventStatements for Sqlite {
         uids: &[&str],
     ) -> Result<Vec<EventRow>, StorageError> {
         let mut rows = Vec::with_capacity(uids.len());
-        for chunk in fixed_shape_chunks(uids) {
-            let mut query = QueryBuilder::<Sqlite>::new(format!("{SELECT_EVENT} WHERE uid IN "));
-            push_tuple(&mut query, chunk.iter().map(|&uid| Value::from(uid)));
+        for mut query in in_list_chunks::<Sqlite, _>(&format!("{SELECT_EVENT} WHERE uid IN "), uids)
+        {
             rows.extend(
                 query
                     .build_query_as::<EventRow>()

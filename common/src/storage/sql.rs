@@ -134,6 +134,22 @@ pub(super) fn push_tuple<DB: BindValue>(
     query.push(")");
 }
 
+/// `prefix (…)` once per run of `values` in the statement sizes of
+/// [`fixed_shape_chunks`](super::fixed_shape_chunks), a placeholder per value: the `IN` lists of
+/// look-ups by many keys, in few statement texts that stay prepared.
+pub(super) fn in_list_chunks<DB: BindValue, T: Clone + Into<Value>>(
+    prefix: &str,
+    values: &[T],
+) -> Vec<QueryBuilder<DB>> {
+    super::fixed_shape_chunks(values)
+        .map(|chunk| {
+            let mut query = QueryBuilder::new(prefix);
+            push_tuple(&mut query, chunk.iter().cloned().map(Into::into));
+            query
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::{Postgres, Sqlite};
@@ -165,6 +181,23 @@ mod tests {
         assert_eq!(
             postgres.sql().as_str(),
             "SELECT 1 FROM t WHERE severity = $1 AND created_at >= $2 LIMIT $3"
+        );
+    }
+
+    #[test]
+    fn in_lists_come_in_fixed_sizes() {
+        let ids: Vec<i64> = (0..5).collect();
+        let queries = in_list_chunks::<Sqlite, _>("SELECT 1 FROM t WHERE id IN ", &ids);
+        let texts: Vec<String> = queries
+            .iter()
+            .map(|q| q.sql().as_str().to_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "SELECT 1 FROM t WHERE id IN (?, ?, ?, ?)",
+                "SELECT 1 FROM t WHERE id IN (?)"
+            ]
         );
     }
 

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Sqlite};
 use super::{AlertRow, CreatedAlerts, SELECT_ALERT};
 use crate::domain::{Alert, AlertStatus, Event, to_micros};
 use crate::storage::counts::{AlertCountDelta, CountShards};
-use crate::storage::sql::{Value, push_tuple};
+use crate::storage::sql::in_list_chunks;
 use crate::storage::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, pg_chunks};
 
 /// Postgres creates a batch's alerts, and records their creation, with one statement each of
@@ -103,10 +103,8 @@ impl AlertStatements for Sqlite {
         event_ids: &[i64],
     ) -> Result<Vec<AlertRow>, StorageError> {
         let mut rows = Vec::with_capacity(event_ids.len());
-        for chunk in fixed_shape_chunks(event_ids) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new(format!("{SELECT_ALERT} WHERE event_id IN "));
-            push_tuple(&mut query, chunk.iter().map(|&id| Value::from(id)));
+        let prefix = format!("{SELECT_ALERT} WHERE event_id IN ");
+        for mut query in in_list_chunks::<Sqlite, _>(&prefix, event_ids) {
             rows.extend(
                 query
                     .build_query_as::<AlertRow>()

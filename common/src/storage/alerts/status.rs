@@ -1,15 +1,15 @@
 //! Changing an alert's status, its history, and the notifications of its changes.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, QueryBuilder};
+use sqlx::AssertSqlSafe;
 
 use super::{
     AlertRow, SELECT_ALERT, STATUS_CHANGE_COLUMNS, StatusChange, StatusChangeRow, StatusUpdate,
 };
 use crate::domain::{Alert, AlertStatus, to_micros};
 use crate::storage::counts::{AlertCountDelta, CountShards};
-use crate::storage::sql::{Value, push_tuple};
-use crate::storage::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, on_pool};
+use crate::storage::sql::in_list_chunks;
+use crate::storage::{Storage, StorageError, in_write_transaction, on_pool};
 
 impl Storage {
     /// Sets an alert's status and records the change (who, when, why), in one transaction,
@@ -166,12 +166,11 @@ impl Storage {
 
     async fn mark_changes_notified_once(&self, change_ids: &[i64]) -> Result<(), StorageError> {
         in_write_transaction!(self, |tx| {
-            for chunk in fixed_shape_chunks(change_ids) {
-                let mut query = QueryBuilder::<Db>::new(
-                    "UPDATE alert_status_changes SET notify_pending = FALSE \
-                     WHERE notify_pending AND id IN ",
-                );
-                push_tuple(&mut query, chunk.iter().map(|&id| Value::from(id)));
+            for mut query in in_list_chunks::<Db, _>(
+                "UPDATE alert_status_changes SET notify_pending = FALSE \
+                 WHERE notify_pending AND id IN ",
+                change_ids,
+            ) {
                 query.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
