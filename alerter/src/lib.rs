@@ -1,19 +1,23 @@
 //! The alerter: turns escalations into alerts and notifies operators.
 //!
+//! Repeats fold: an escalated event joins the open alert of its fold key (`ALERT_FOLD_KEY`)
+//! instead of opening its own; see `common::storage::Storage::fold_alerts`.
+//!
 //! Guarantee: an escalation is acknowledged last, only after its alert is committed and the
-//! ALERTS stream has acknowledged the `alerts.created.<severity>` notification. An event has
-//! exactly one alert (the database's unique `event_id`), however often its escalation is
-//! delivered; a redelivery notifies again (same `Nats-Msg-Id`, the alert's id), so a crash
-//! between commit and notification still notifies. A message that is not an escalation goes
+//! ALERTS stream has acknowledged the notifications (`alerts.created.<severity>` for a new
+//! alert, `alerts.updated.<status>` when a folded event raised an alert's severity). An event
+//! is counted in exactly one alert, once (`alert_events`), however often its escalation is
+//! delivered; a redelivery notifies again (same `Nats-Msg-Id`), so a crash between commit and
+//! notification still notifies. A message that is not an escalation goes
 //! to `deadletter.alert` with the reason and is acknowledged.
 
 use async_nats::jetstream;
 use chrono::Utc;
-use common::bus::{self, BusError, Outgoing};
+use common::bus::{self, BusError};
 use common::config::{Connections, Pulling};
-use common::domain::{Alert, Event};
+use common::domain::{Event, FoldKey};
 use common::ops;
-use common::storage::Storage;
+use common::storage::{CreatedAlerts, Folding, Storage};
 use common::subjects::{self, STAGE_ALERT};
 use common::worker::{self, DeadLetters, GroupStep, Settlement, Source, StepFailure};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +36,18 @@ pub struct Settings {
     /// Batching and redelivery.
     #[command(flatten)]
     pub pulling: Pulling,
+    /// Which event fields fold repeats into one alert: comma-separated `sourceName`,
+    /// `eventType`, `description` and `attributes.<path>` (e.g.
+    /// `sourceName,eventType,attributes.src_ip`), or `none` for one alert per escalated event.
+    #[arg(long, env = "ALERT_FOLD_KEY", default_value = "sourceName,eventType")]
+    pub alert_fold_key: FoldKey,
+
+    /// Seconds after its last event that an open (or acknowledged) alert still absorbs the
+    /// next event of its fold key; a later one opens a new alert.
+    #[arg(long, env = "ALERT_FOLD_WINDOW_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub alert_fold_window_secs: u64,
+
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`off` to disable).
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102",
           value_parser = common::ops::parse_listen_addr)]
@@ -44,6 +60,7 @@ pub use common::worker::StartError;
 #[derive(Debug, Clone)]
 pub struct Alerter {
     storage: Storage,
+    folding: Folding,
     js: jetstream::Context,
     letters: DeadLetters,
 }
@@ -66,9 +83,16 @@ impl Alerter {
         };
         Alerter {
             storage,
+            folding: Folding::none(),
             js,
             letters,
         }
+    }
+
+    /// Folds repeats as `folding` says (the default folds nothing: one alert per event).
+    pub fn with_folding(mut self, folding: Folding) -> Self {
+        self.folding = folding;
+        self
     }
 
     /// Gives up on a message that keeps failing after `max_deliver` deliveries.
@@ -108,19 +132,22 @@ impl Alerter {
         let started = std::time::Instant::now();
         let created = self
             .storage
-            .create_alerts(&events, Utc::now())
+            .fold_alerts(&events, &self.folding, Utc::now())
             .await
             .map_err(|err| worker::storage_failure("alert", &err))?;
         let store_us = started.elapsed().as_micros() as u64;
-        self.notify(&created.alerts)
+        self.notify(&created)
             .await
             .map_err(|err| worker::bus_failure(&err))?;
         let notify_us = started.elapsed().as_micros() as u64 - store_us;
         metrics::counter!(ops::ALERTS_CREATED).increment(created.newly_created);
         metrics::counter!(ops::ALERT_NOTIFICATIONS).increment(created.alerts.len() as u64);
+        metrics::counter!(ops::EVENTS_FOLDED).increment(created.folded);
         tracing::debug!(
             escalations = group.len(),
             new = created.newly_created,
+            folded = created.folded,
+            updates = created.updates.len(),
             store_us,
             notify_us,
             "alerts created"
@@ -128,13 +155,24 @@ impl Alerter {
         Ok(())
     }
 
-    async fn notify(&self, alerts: &[Alert]) -> Result<(), BusError> {
-        let mut outgoing = Vec::with_capacity(alerts.len());
-        for alert in alerts {
-            let subject = subjects::alert_created_subject(alert.severity);
-            outgoing.push(Outgoing::json(subject, alert.id.to_string(), alert)?);
+    /// Announces the alerts made and the pipeline's changes to others, then clears the
+    /// changes' pending marks. A mark left set (a failure here, a crash) only makes the api's
+    /// relay announce the change again, under the same `Nats-Msg-Id`; folded events that
+    /// changed nothing but the count are not announced.
+    async fn notify(&self, created: &CreatedAlerts) -> Result<(), BusError> {
+        let mut outgoing = Vec::with_capacity(created.alerts.len() + created.updates.len());
+        for alert in &created.alerts {
+            outgoing.push(bus::alert_created_message(alert)?);
+        }
+        for (alert, change) in &created.updates {
+            outgoing.push(bus::alert_updated_message(alert, change)?);
         }
         bus::publish_all(&self.js, outgoing).await?;
+        let change_ids: Vec<i64> = created.updates.iter().map(|(_, c)| c.id).collect();
+        if let Err(err) = self.storage.mark_changes_notified(&change_ids).await {
+            tracing::warn!(error = %err, changes = change_ids.len(),
+                "cannot clear announced changes' marks; the api's relay will announce them again");
+        }
         Ok(())
     }
 }
@@ -162,7 +200,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         "alerter started"
     );
     let alerter = Alerter::new(connected.storage.clone(), connected.js.clone())
-        .with_max_deliver(settings.pulling.max_deliver);
+        .with_max_deliver(settings.pulling.max_deliver)
+        .with_folding(Folding {
+            key: settings.alert_fold_key.clone(),
+            window_secs: settings.alert_fold_window_secs,
+        });
     let source = Source {
         stream: subjects::ESCALATIONS_STREAM,
         consumer: subjects::alerter_consumer(settings.pulling.ack_wait()),

@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
             get(alerts::get).patch(alerts::patch).put(alerts::put),
         )
         .route("/api/alerts/{id}/history", get(alerts::history))
+        .route("/api/alerts/{id}/events", get(alerts::events))
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/schema", get(openapi::schema))
         .route("/api/docs", get(openapi::docs))

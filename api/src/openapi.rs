@@ -47,6 +47,7 @@ use crate::routes;
         routes::alerts::patch,
         routes::alerts::put,
         routes::alerts::history,
+        routes::alerts::events,
         routes::alerts::stream,
         schema,
         docs,
@@ -61,7 +62,7 @@ use crate::routes;
         (name = "auth", description = "Tokens"),
         (name = "users", description = "User management (admins)"),
         (name = "events", description = "Security events"),
-        (name = "alerts", description = "Alerts raised for HIGH and CRITICAL events"),
+        (name = "alerts", description = "Alerts raised for HIGH and CRITICAL events, repeats folded in"),
         (name = "health", description = "Liveness, readiness and this documentation"),
     )
 )]

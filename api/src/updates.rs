@@ -17,11 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::bus::{self, Outgoing};
+use common::bus;
 use common::domain::Alert;
 use common::storage::{StatusChange, Storage};
-use common::subjects;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -36,14 +34,6 @@ const RELAY_EVERY: Duration = Duration::from_secs(2);
 const RELAY_AFTER: Duration = Duration::from_secs(10);
 /// Changes relayed per round.
 const RELAY_BATCH: i64 = 100;
-
-/// What `alerts.updated.<status>` carries: the alert and the change.
-#[derive(Debug, Serialize)]
-struct AlertUpdated<'a> {
-    #[serde(flatten)]
-    alert: &'a Alert,
-    change: &'a StatusChange,
-}
 
 /// Changes whose `alerts.updated.*` the stream has acknowledged and whose pending mark is
 /// still set: handed over by [`announce`], cleared together by [`relay_pending_updates`].
@@ -94,13 +84,7 @@ pub async fn announce(
     alert: &Alert,
     change: &StatusChange,
 ) -> bool {
-    let subject = subjects::alert_updated_subject(change.to_status);
-    let payload = AlertUpdated { alert, change };
-    let message = match Outgoing::json(
-        subject,
-        format!("alert-{}-change-{}", alert.id, change.id),
-        &payload,
-    ) {
+    let message = match bus::alert_updated_message(alert, change) {
         Ok(message) => message,
         Err(err) => {
             tracing::error!(error = %err, "cannot encode an alert update");

@@ -289,3 +289,148 @@ async fn a_status_change_made_while_nats_is_down_is_published_once_nats_is_back(
     relay_stop.cancel();
     relay.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_fold_into_one_alert_whose_events_are_listed_and_a_higher_severity_reopens_it() {
+    let api = TestApi::start().await;
+    let (_, token) = api.user_with_token("admin", Role::Admin).await;
+    let (_, analyst) = api.user_with_token("analyst", Role::Analyst).await;
+    let shutdown = CancellationToken::new();
+    let ingestor = tokio::spawn(ingestor::run(
+        ingestor::Settings::try_parse_from(worker_args(&api, "ingestor")).unwrap(),
+        shutdown.clone(),
+    ));
+    // The default fold key: sourceName,eventType.
+    let alerter = tokio::spawn(alerter::run(
+        alerter::Settings::try_parse_from(worker_args(&api, "alerter")).unwrap(),
+        shutdown.clone(),
+    ));
+    let post = |severity: &'static str| {
+        let api = &api;
+        let token = token.clone();
+        async move {
+            let event = json!({"sourceName": "ids-core", "eventType": "brute_force",
+                               "severity": severity, "description": format!("{severity} try")});
+            let resp = api
+                .call("POST", "/api/events/", Some(&token), Some(event))
+                .await;
+            assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+        }
+    };
+    let alert_when = |what: &'static str, check: fn(&Value) -> bool| {
+        let api = &api;
+        let analyst = analyst.clone();
+        eventually(PATIENCE, what, move || {
+            let analyst = analyst.clone();
+            async move {
+                let resp = api.call("GET", "/api/alerts/", Some(&analyst), None).await;
+                assert!(resp.json["count"].as_i64().unwrap() <= 1, "{}", resp.text);
+                let alert = resp.json["results"][0].clone();
+                check(&alert).then_some(alert)
+            }
+        })
+    };
+
+    post("HIGH").await;
+    let alert = alert_when("the alert", |a| a["count"] == 1).await;
+    let id = alert["id"].as_i64().unwrap();
+    assert_eq!(
+        alert["fold_key"],
+        json!({"sourceName": "ids-core", "eventType": "brute_force"})
+    );
+    assert_eq!(alert["version"], 1);
+    assert_eq!(alert["last_event_id"], alert["event_id"]);
+    let resp = api
+        .call(
+            "PATCH",
+            &format!("/api/alerts/{id}/"),
+            Some(&token),
+            Some(json!({"status": "ACKNOWLEDGED"})),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+
+    post("HIGH").await;
+    let repeat = alert_when("the repeat counted", |a| a["count"] == 2).await;
+    assert_eq!(
+        repeat["status"], "ACKNOWLEDGED",
+        "a repeat of the same severity changes nothing"
+    );
+    assert_eq!(repeat["id"], id);
+    post("CRITICAL").await;
+    let raised = alert_when("the severity raised", |a| a["count"] == 3).await;
+    assert_eq!(raised["severity"], "CRITICAL");
+    assert_eq!(
+        raised["status"], "OPEN",
+        "a higher severity reopens an acknowledged alert"
+    );
+    assert_eq!(raised["version"], 3);
+
+    let events = api
+        .call(
+            "GET",
+            &format!("/api/alerts/{id}/events/?page_size=2"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.text);
+    assert_eq!(events.json["count"], 3);
+    let page = events.json["results"].as_array().unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0]["id"], raised["last_event_id"], "newest first");
+    assert_eq!(page[0]["severity"], "CRITICAL");
+    assert!(events.json["next"].as_str().unwrap().contains("page=2"));
+    let last = api
+        .call(
+            "GET",
+            &format!("/api/alerts/{id}/events/?page=2&page_size=2"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    assert_eq!(last.json["results"][0]["id"], raised["event_id"]);
+    let missing = api
+        .call("GET", "/api/alerts/999999/events/", Some(&analyst), None)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let history = api
+        .call(
+            "GET",
+            &format!("/api/alerts/{id}/history/"),
+            Some(&analyst),
+            None,
+        )
+        .await;
+    let changes = history.json.as_array().unwrap();
+    assert_eq!(
+        changes.len(),
+        3,
+        "created, acknowledged, raised: {}",
+        history.text
+    );
+    assert_eq!(changes[2]["changed_by"], Value::Null);
+    assert_eq!(changes[2]["from_status"], "ACKNOWLEDGED");
+    assert_eq!(changes[2]["to_status"], "OPEN");
+    assert_eq!(changes[2]["from_severity"], "HIGH");
+    assert_eq!(changes[2]["to_severity"], "CRITICAL");
+    assert!(
+        changes[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("raised the severity")
+    );
+
+    // Creation, the acknowledgement and the rise are announced; the plain repeat is not.
+    let reopened = updates_on(&api.state.js, "alerts.updated.open", 1).await;
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert_eq!(reopened[0]["id"], id);
+    assert_eq!(reopened[0]["change"]["to_severity"], "CRITICAL");
+    let everything = updates_on(&api.state.js, "alerts.>", 3).await;
+    assert_eq!(everything.len(), 3, "{everything:?}");
+
+    shutdown.cancel();
+    ingestor.await.unwrap().unwrap();
+    alerter.await.unwrap().unwrap();
+}

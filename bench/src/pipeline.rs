@@ -144,6 +144,8 @@ impl Stack {
                         ("NATS_URL", nats.url()),
                         ("DATABASE_URL", db_url.clone()),
                         ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+                        // One alert per escalation: the checks count one for each.
+                        ("ALERT_FOLD_KEY", "none".to_owned()),
                     ],
                     &log_dir,
                 )?;

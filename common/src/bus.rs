@@ -299,3 +299,34 @@ mod tests {
         );
     }
 }
+
+/// `alerts.created.<severity>`: the alert as it was made; its id is the idempotency key, so
+/// a redelivered escalation announces it again without a second copy in the stream.
+pub fn alert_created_message(alert: &crate::domain::Alert) -> Result<Outgoing, BusError> {
+    Outgoing::json(
+        crate::subjects::alert_created_subject(alert.severity),
+        alert.id.to_string(),
+        alert,
+    )
+}
+
+/// What `alerts.updated.<status>` carries: the alert after the change, and the change.
+#[derive(Debug, serde::Serialize)]
+struct AlertUpdated<'a> {
+    #[serde(flatten)]
+    alert: &'a crate::domain::Alert,
+    change: &'a crate::storage::StatusChange,
+}
+
+/// `alerts.updated.<status>` for a recorded change, keyed by the change (each is stored in
+/// the ALERTS stream once, whoever announces it: the api, its relay or the alerter).
+pub fn alert_updated_message(
+    alert: &crate::domain::Alert,
+    change: &crate::storage::StatusChange,
+) -> Result<Outgoing, BusError> {
+    Outgoing::json(
+        crate::subjects::alert_updated_subject(change.to_status),
+        format!("alert-{}-change-{}", alert.id, change.id),
+        &AlertUpdated { alert, change },
+    )
+}

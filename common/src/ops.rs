@@ -29,6 +29,8 @@ pub const DEADLETTERS: &str = "threatmon_deadletters_total";
 pub const ESCALATIONS_RECEIVED: &str = "threatmon_escalations_received_total";
 /// Alerts created for the first time.
 pub const ALERTS_CREATED: &str = "threatmon_alerts_created_total";
+/// Escalated events counted into an alert that already existed (folded repeats).
+pub const EVENTS_FOLDED: &str = "threatmon_events_folded_total";
 /// `alerts.created.*` notifications published (repeats after a redelivery included).
 pub const ALERT_NOTIFICATIONS: &str = "threatmon_alert_notifications_total";
 /// `alerts.updated.*` notifications published late by the api's relay (NATS was away).
@@ -123,6 +125,12 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         Unit::Count,
         "Alerts created for the first time.",
+    ),
+    family(
+        EVENTS_FOLDED,
+        Kind::Counter,
+        Unit::Count,
+        "Escalated events counted into an alert that already existed (folded repeats).",
     ),
     family(
         ALERT_NOTIFICATIONS,

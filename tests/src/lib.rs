@@ -112,10 +112,17 @@ impl Pipeline {
         ingestor::Settings::try_parse_from(args).expect("ingestor settings")
     }
 
-    /// Alerter settings for this pipeline.
+    /// Alerter settings for this pipeline: one alert per escalated event
+    /// (`ALERT_FOLD_KEY=none`), which the tests of the rest of the pipeline count on.
     pub fn alerter_settings(&self) -> alerter::Settings {
+        self.alerter_settings_folding("none")
+    }
+
+    /// Alerter settings for this pipeline, folding by `fold_key` (`ALERT_FOLD_KEY`).
+    pub fn alerter_settings_folding(&self, fold_key: &str) -> alerter::Settings {
         let mut args = vec!["alerter".to_owned()];
         args.extend(self.common_args());
+        args.extend(["--alert-fold-key".to_owned(), fold_key.to_owned()]);
         alerter::Settings::try_parse_from(args).expect("alerter settings")
     }
 

@@ -1004,6 +1004,7 @@ async fn a_status_change_is_applied_and_recorded_with_who_when_and_why() {
         Alert {
             status: AlertStatus::Acknowledged,
             updated_at: at(2),
+            version: alert.version + 1,
             ..alert.clone()
         }
     );

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
-use common::domain::{Alert, AlertStatus, Severity};
+use common::domain::{Alert, AlertStatus, Event, Severity};
 use common::storage::{AlertFilter, AlertOrdering, StatusChange};
 use common::subjects;
 use serde::Deserialize;
@@ -250,6 +250,40 @@ pub async fn history(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(state.storage.status_history(id).await?))
+}
+
+/// The events counted in an alert (its first and every repeat folded into it), newest
+/// first, paginated like the lists; `count` is the alert's `count`.
+#[utoipa::path(get, path = "/api/alerts/{id}/events/", tag = "alerts", security(("jwt" = [])),
+    params(
+        ("id" = i64, Path, description = "Alert id"),
+        ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
+        ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100"),
+    ),
+    responses((status = 200, body = Page<Event>), (status = 400), (status = 401), (status = 404),
+        (status = 503)))]
+pub async fn events(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+    PathId(id): PathId,
+    mut params: Params,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Json<Page<Event>>> {
+    let id = parse_id(&id)?;
+    let page = PageRequest::from_params(&mut params);
+    params.finish()?;
+    let alert = state
+        .storage
+        .alert_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    page.check_exists(alert.count)?;
+    let events = state
+        .storage
+        .alert_events(id, page.size, page.offset())
+        .await?;
+    Ok(Json(page.page(alert.count, events, &uri, &headers)))
 }
 
 /// What a live stream sends: the alert (with `change` for an update), named by kind, with

@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/alerts/{id}"),
     ("PUT", "/api/alerts/{id}"),
     ("GET", "/api/alerts/{id}/history"),
+    ("GET", "/api/alerts/{id}/events"),
     ("GET", "/api/alerts/stream"),
     ("GET", "/api/schema"),
     ("GET", "/api/docs"),

@@ -7,15 +7,17 @@
 mod alert;
 mod errors;
 mod event;
+mod fold;
 mod severity;
 mod time;
 mod user;
 
-pub use alert::{Alert, AlertStatus};
+pub use alert::{Alert, AlertStatus, CloseReason};
 pub use errors::FieldErrors;
 pub use event::{
     Event, EventIn, EventRejection, NewEvent, check_idempotency_key, identifier_problem,
 };
+pub use fold::{BadFoldKey, FoldKey, FoldValue};
 pub use severity::Severity;
 pub use time::{from_micros, to_micros};
 pub use user::{Role, UnknownRole, User};

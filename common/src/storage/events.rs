@@ -471,4 +471,27 @@ impl Storage {
             .await?;
         rows.into_iter().map(Event::try_from).collect()
     }
+
+    /// The events counted in an alert, newest first, `limit` of them after skipping `offset`
+    /// (negative counts as 0). How many there are is the alert's `count`.
+    pub async fn alert_events(
+        &self,
+        alert_id: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Event>, StorageError> {
+        let sql = format!(
+            "{SELECT_EVENT} WHERE id IN (SELECT event_id FROM alert_events WHERE alert_id = $1 \
+             ORDER BY event_id DESC LIMIT $2 OFFSET $3) ORDER BY id DESC"
+        );
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as::<Db, EventRow>(AssertSqlSafe(sql))
+                .bind(alert_id)
+                .bind(limit.max(0))
+                .bind(offset.max(0))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(Event::try_from).collect()
+    }
 }

@@ -35,7 +35,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use alerts::{AlertFilter, AlertOrdering, CreatedAlerts, StatusChange, StatusUpdate};
+pub use alerts::{AlertFilter, AlertOrdering, CreatedAlerts, Folding, StatusChange, StatusUpdate};
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use users::{NewUser, UserChanges};
 

@@ -1,9 +1,12 @@
-//! Alerts: exactly one per escalated event, with every status change recorded. Creating
+//! Alerts: each escalated event counted in exactly one, repeats folded together (see
+//! [`create`]), with every status change recorded. Creating
 //! them is in [`create`], changing their status and notifying the changes in [`status`];
 //! here are their types and reads.
 
 mod create;
 mod status;
+
+pub use create::Folding;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,20 +16,29 @@ use sqlx::AssertSqlSafe;
 use super::listing::{CountTables, ListFilter, shared_conditions};
 use super::sql::{Condition, condition};
 use super::{Storage, StorageError, on_pool};
-use crate::domain::{Alert, AlertStatus, Severity, from_micros};
+use crate::domain::{Alert, AlertStatus, CloseReason, Severity, from_micros};
+use serde_json::Map;
 
-const STATUS_CHANGE_COLUMNS: &str =
-    "id, alert_id, from_status, to_status, changed_by, note, changed_at";
+const STATUS_CHANGE_COLUMNS: &str = "id, alert_id, from_status, to_status, changed_by, note, \
+     changed_at, reason, from_severity, to_severity, close_reason";
 const SELECT_ALERT: &str = "SELECT id, event_id, source_name, event_type, severity, status, \
-                            created_at, updated_at FROM alerts";
+     created_at, updated_at, event_count, first_seen_at, last_seen_at, last_event_id, fold_key, \
+     version, close_reason FROM alerts";
 
-/// What creating alerts for a batch of escalated events did.
+/// What creating (or folding into) alerts for a batch of escalated events did.
 #[derive(Debug, Clone, Default)]
 pub struct CreatedAlerts {
-    /// The alert of every event in the batch, whether made now or by an earlier delivery.
+    /// Every alert that an event of the batch opened, whether now or by an earlier delivery:
+    /// what `alerts.created.*` announces (again, on a redelivery).
     pub alerts: Vec<Alert>,
-    /// How many were made now.
+    /// How many alerts were made now.
     pub newly_created: u64,
+    /// How many events of the batch were counted now into alerts that already existed.
+    pub folded: u64,
+    /// The changes the pipeline made to existing alerts (a folded event of higher severity
+    /// raised one, and reopened it if it was acknowledged), each with its alert after the
+    /// change: what `alerts.updated.*` announces. Recorded as pending notifications.
+    pub updates: Vec<(Alert, StatusChange)>,
 }
 
 /// One recorded status change of an alert. Creation is the first, from no status to `OPEN`.
@@ -46,6 +58,15 @@ pub struct StatusChange {
     pub note: Option<String>,
     /// When (UTC).
     pub changed_at: DateTime<Utc>,
+    /// Why the pipeline made this change (`changed_by` is `None`): a folded event of higher
+    /// severity; `None` for a user's change and for the creation.
+    pub reason: Option<String>,
+    /// The severity before, when the change raised it.
+    pub from_severity: Option<Severity>,
+    /// The severity after, when the change raised it.
+    pub to_severity: Option<Severity>,
+    /// The close reason a resolution gave.
+    pub close_reason: Option<CloseReason>,
 }
 
 /// Which alerts a list or count covers; every given field must match (`AND`), and the
@@ -155,6 +176,13 @@ struct AlertRow {
     status: String,
     created_at: i64,
     updated_at: i64,
+    event_count: i64,
+    first_seen_at: i64,
+    last_seen_at: i64,
+    last_event_id: i64,
+    fold_key: Option<String>,
+    version: i64,
+    close_reason: Option<String>,
 }
 
 impl TryFrom<AlertRow> for Alert {
@@ -167,6 +195,15 @@ impl TryFrom<AlertRow> for Alert {
         let status = row.status.parse().map_err(|_| {
             StorageError::Corrupt(format!("alert {}: status {}", row.id, row.status))
         })?;
+        let corrupt = |what: &str| StorageError::Corrupt(format!("alert {}: {what}", row.id));
+        let fold_key = match &row.fold_key {
+            None => Map::new(),
+            Some(json) => serde_json::from_str(json).map_err(|_| corrupt("fold_key"))?,
+        };
+        let close_reason = match &row.close_reason {
+            None => None,
+            Some(reason) => Some(reason.parse().map_err(|_| corrupt("close_reason"))?),
+        };
         Ok(Alert {
             id: row.id,
             event_id: row.event_id,
@@ -176,6 +213,13 @@ impl TryFrom<AlertRow> for Alert {
             status,
             created_at: from_micros(row.created_at),
             updated_at: from_micros(row.updated_at),
+            count: row.event_count,
+            first_seen_at: from_micros(row.first_seen_at),
+            last_seen_at: from_micros(row.last_seen_at),
+            last_event_id: row.last_event_id,
+            fold_key,
+            version: row.version,
+            close_reason,
         })
     }
 }
@@ -189,6 +233,10 @@ struct StatusChangeRow {
     changed_by: Option<i64>,
     note: Option<String>,
     changed_at: i64,
+    reason: Option<String>,
+    from_severity: Option<i16>,
+    to_severity: Option<i16>,
+    close_reason: Option<String>,
 }
 
 impl TryFrom<StatusChangeRow> for StatusChange {
@@ -202,6 +250,18 @@ impl TryFrom<StatusChangeRow> for StatusChange {
             Some(s) => Some(s.parse().map_err(|_| corrupt("from_status"))?),
         };
         let to_status = row.to_status.parse().map_err(|_| corrupt("to_status"))?;
+        let severity = |rank: Option<i16>, what: &str| match rank {
+            None => Ok(None),
+            Some(rank) => Severity::from_rank(rank)
+                .map(Some)
+                .ok_or_else(|| corrupt(what)),
+        };
+        let from_severity = severity(row.from_severity, "from_severity")?;
+        let to_severity = severity(row.to_severity, "to_severity")?;
+        let close_reason = match &row.close_reason {
+            None => None,
+            Some(reason) => Some(reason.parse().map_err(|_| corrupt("close_reason"))?),
+        };
         Ok(StatusChange {
             id: row.id,
             alert_id: row.alert_id,
@@ -210,6 +270,10 @@ impl TryFrom<StatusChangeRow> for StatusChange {
             changed_by: row.changed_by,
             note: row.note,
             changed_at: from_micros(row.changed_at),
+            reason: row.reason,
+            from_severity,
+            to_severity,
+            close_reason,
         })
     }
 }

@@ -64,12 +64,15 @@ impl Storage {
             let change = if current == to.as_str() {
                 None
             } else {
-                sqlx::query::<Db>("UPDATE alerts SET status = $1, updated_at = $2 WHERE id = $3")
-                    .bind(to.as_str())
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query::<Db>(
+                    "UPDATE alerts SET status = $1, updated_at = $2, version = version + 1 \
+                     WHERE id = $3",
+                )
+                .bind(to.as_str())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
                 let change = sqlx::query_as::<Db, StatusChangeRow>(AssertSqlSafe(record_sql))
                     .bind(id)
                     .bind(current.as_str())

@@ -1,0 +1,44 @@
+-- Folding repeats into one alert (sqlite). Keep in step with ../postgres/0008_alert_folding.sql.
+-- An escalated event folds into the open alert of its fold key (ALERT_FOLD_KEY) instead of
+-- opening its own. An alert keeps its first event (`event_id`) and gains how many events it
+-- holds, the stored times of the first and last, the last event, the key's values (JSON) and a
+-- `version` for optimistic concurrency; `close_reason` says how it was resolved.
+-- `alert_events` counts each escalated event in exactly one alert, once (its primary key), and
+-- lists an alert's events; `open_folds` holds, per fold key (its hash), the alert that new
+-- events of the key fold into, and its row is the lock two alerters folding the same key take
+-- first. Status changes gain a `reason` (the pipeline's own changes: a rise in severity, a
+-- reopening) and the severities and close reason they set.
+-- Alerts made before this migration hold their one event.
+
+ALTER TABLE alerts ADD COLUMN event_count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE alerts ADD COLUMN first_seen_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN last_seen_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN last_event_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN fold_key TEXT;
+ALTER TABLE alerts ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE alerts ADD COLUMN close_reason TEXT
+    CHECK (close_reason IN ('true_positive', 'false_positive', 'benign', 'duplicate', 'other'));
+UPDATE alerts SET
+    first_seen_at = (SELECT created_at FROM events WHERE events.id = alerts.event_id),
+    last_seen_at = (SELECT created_at FROM events WHERE events.id = alerts.event_id),
+    last_event_id = event_id;
+CREATE INDEX IF NOT EXISTS alerts_last_seen_at_id ON alerts (last_seen_at, id);
+CREATE INDEX IF NOT EXISTS alerts_event_count_id ON alerts (event_count, id);
+
+CREATE TABLE IF NOT EXISTS alert_events (
+    event_id  INTEGER NOT NULL PRIMARY KEY REFERENCES events (id),
+    alert_id  INTEGER NOT NULL REFERENCES alerts (id)
+);
+CREATE INDEX IF NOT EXISTS alert_events_alert_id_event_id ON alert_events (alert_id, event_id);
+INSERT INTO alert_events (event_id, alert_id) SELECT event_id, id FROM alerts;
+
+CREATE TABLE IF NOT EXISTS open_folds (
+    fold_hash  TEXT    NOT NULL PRIMARY KEY,
+    alert_id   INTEGER REFERENCES alerts (id)
+);
+
+ALTER TABLE alert_status_changes ADD COLUMN reason TEXT;
+ALTER TABLE alert_status_changes ADD COLUMN from_severity INTEGER CHECK (from_severity BETWEEN 1 AND 4);
+ALTER TABLE alert_status_changes ADD COLUMN to_severity INTEGER CHECK (to_severity BETWEEN 1 AND 4);
+ALTER TABLE alert_status_changes ADD COLUMN close_reason TEXT
+    CHECK (close_reason IN ('true_positive', 'false_positive', 'benign', 'duplicate', 'other'));
