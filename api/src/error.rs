@@ -46,6 +46,12 @@ pub enum ApiError {
     /// 404: a page past the end.
     #[error("invalid page")]
     InvalidPage,
+    /// 409: the `version` given is not the alert's; the body is the alert as it is.
+    #[error("version conflict")]
+    Conflict(Box<common::Alert>),
+    /// 412: the `If-Match` given is not the alert's `ETag`; the body is the alert as it is.
+    #[error("precondition failed")]
+    PreconditionFailed(Box<common::Alert>),
     /// 405: the path exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed(String),
@@ -126,6 +132,8 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::InvalidPage => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -181,6 +189,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound => json!({ "detail": "Not found." }),
             ApiError::InvalidPage => json!({ "detail": "Invalid page." }),
+            ApiError::Conflict(alert) | ApiError::PreconditionFailed(alert) => json!(alert),
             ApiError::MethodNotAllowed(method) => {
                 json!({ "detail": format!("Method \"{method}\" not allowed.") })
             }
@@ -211,10 +220,20 @@ impl IntoResponse for ApiError {
                     headers.insert(header::RETRY_AFTER, value);
                 }
             }
+            ApiError::Conflict(alert) | ApiError::PreconditionFailed(alert) => {
+                headers.insert(header::ETAG, etag(alert));
+            }
             _ => {}
         }
         response
     }
+}
+
+/// An alert's `ETag`: its `version`, quoted (`"3"`). It changes with every change of the
+/// alert's triage state (status, severity, owner, close reason), not with each folded repeat.
+pub fn etag(alert: &common::Alert) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", alert.version))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// What a handler returns.

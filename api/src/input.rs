@@ -183,6 +183,44 @@ impl Fields {
         }
     }
 
+    /// An integer of at least `min` (DRF also accepts one written as a string); `null` is
+    /// refused.
+    pub fn integer(&mut self, name: &str, min: i64) -> Option<i64> {
+        match self.nullable_integer(name, min) {
+            Some(None) => {
+                self.errors.add(name, NOT_NULL);
+                None
+            }
+            Some(Some(n)) => Some(n),
+            None => None,
+        }
+    }
+
+    /// As [`Fields::integer`], `null` allowed: `Some(None)` is a given `null`, `None` an
+    /// absent or invalid field.
+    pub fn nullable_integer(&mut self, name: &str, min: i64) -> Option<Option<i64>> {
+        let value = match self.map.remove(name)? {
+            Value::Null => return Some(None),
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match value {
+            Some(n) if n >= min => Some(Some(n)),
+            Some(_) => {
+                self.errors.add(
+                    name,
+                    format!("Ensure this value is greater than or equal to {min}."),
+                );
+                None
+            }
+            None => {
+                self.errors.add(name, "A valid integer is required.");
+                None
+            }
+        }
+    }
+
     /// A boolean (DRF also accepts "true"/"false" strings and 1/0).
     pub fn boolean(&mut self, name: &str) -> Option<bool> {
         match self.map.remove(name) {

@@ -5,8 +5,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
-use common::domain::{Alert, AlertStatus, Event, Severity};
-use common::storage::{AlertFilter, AlertOrdering, StatusChange};
+use common::domain::{Alert, AlertStatus, CloseReason, Event, Severity};
+use common::storage::{
+    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, Refusal, StatusChange,
+};
 use common::subjects;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -21,7 +23,8 @@ use crate::state::AppState;
 /// Longest note on a status change.
 const MAX_NOTE_CHARS: usize = 2000;
 
-/// A status change.
+/// A change of an alert (PUT): its status, and optionally a note, close reason, owner and
+/// the version it expects.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AlertPatch {
     /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
@@ -35,9 +38,19 @@ pub struct AlertPatch {
         pattern = r"\S"
     )]
     pub note: Option<String>,
+    /// How it was resolved: only with `status` RESOLVED (or on a resolved alert); cleared when
+    /// it is reopened.
+    #[schema(required = false, nullable = false, inline)]
+    pub close_reason: Option<CloseReason>,
+    /// Who owns it: an active user's id, or `null` for nobody.
+    #[schema(required = false, nullable = true, minimum = 1)]
+    pub assignee: Option<i64>,
+    /// Change only if the alert's `version` is still this (else 409 with the alert as it is).
+    #[schema(required = false, nullable = false, minimum = 1)]
+    pub version: Option<i64>,
 }
 
-/// A partial status change (PATCH): every field optional; an empty body changes nothing.
+/// A partial change of an alert (PATCH): every field optional; an empty body changes nothing.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AlertPartialPatch {
     /// `OPEN`, `ACKNOWLEDGED` or `RESOLVED`.
@@ -52,6 +65,16 @@ pub struct AlertPartialPatch {
         pattern = r"\S"
     )]
     pub note: Option<String>,
+    /// How it was resolved: only with `status` RESOLVED (or on a resolved alert); cleared when
+    /// it is reopened.
+    #[schema(required = false, nullable = false, inline)]
+    pub close_reason: Option<CloseReason>,
+    /// Who owns it: an active user's id, or `null` for nobody.
+    #[schema(required = false, nullable = true, minimum = 1)]
+    pub assignee: Option<i64>,
+    /// Change only if the alert's `version` is still this (else 409 with the alert as it is).
+    #[schema(required = false, nullable = false, minimum = 1)]
+    pub version: Option<i64>,
 }
 
 /// The orderings `?ordering=` takes, for the document ([`ordering`] reads them).
@@ -98,6 +121,7 @@ fn ordering(params: &mut Params) -> AlertOrdering {
         ("sourceName" = Option<String>, Query, description = "Exact sensor name"),
         ("created_at__gte" = Option<String>, Query, format = DateTime, description = "Raised at or after (RFC 3339)"),
         ("created_at__lte" = Option<String>, Query, format = DateTime, description = "Raised at or before (RFC 3339)"),
+        ("assignee" = Option<String>, Query, pattern = r"^(me|none|[1-9][0-9]{0,17})$", description = "Owned by `me`, by `none` (nobody) or by this user id"),
         ("ordering" = Option<AlertOrderingParam>, Query, description = "created_at, -created_at (default), severity, -severity"),
         ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
         ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100"),
@@ -106,11 +130,26 @@ fn ordering(params: &mut Params) -> AlertOrdering {
         (status = 503)))]
 pub async fn list(
     State(state): State<AppState>,
-    AnyUser(_user): AnyUser,
+    AnyUser(user): AnyUser,
     mut params: Params,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Json<Page<Alert>>> {
+    let assignee = match params.text("assignee").as_deref() {
+        None => None,
+        Some("me") => Some(AssigneeFilter::User(user.id)),
+        Some("none") => Some(AssigneeFilter::Nobody),
+        Some(other) => match other.parse::<i64>() {
+            Ok(id) if id > 0 => Some(AssigneeFilter::User(id)),
+            _ => {
+                params.error(
+                    "assignee",
+                    format!("\"{other}\" is not a valid owner: use me, none or a user id."),
+                );
+                None
+            }
+        },
+    };
     // Both spellings are checked (a bad one is a 400 even beside a good one);
     // `event__severity` wins when both are given.
     let by_event = params.choice::<Severity>("event__severity");
@@ -122,6 +161,7 @@ pub async fn list(
         source_name: params.text("sourceName"),
         created_from: params.datetime("created_at__gte"),
         created_to: params.datetime("created_at__lte"),
+        assignee,
     };
     let ordering = ordering(&mut params);
     let page = PageRequest::from_params(&mut params);
@@ -138,28 +178,53 @@ pub async fn list(
 /// One alert.
 #[utoipa::path(get, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Alert id")),
-    responses((status = 200, body = Alert), (status = 401), (status = 404), (status = 503)))]
+    responses((status = 200, body = Alert, headers(("ETag" = String, description = "The alert's version, quoted"))),
+        (status = 401), (status = 404), (status = 503)))]
 pub async fn get(
     State(state): State<AppState>,
     AnyUser(_user): AnyUser,
     PathId(id): PathId,
-) -> ApiResult<Json<Alert>> {
+) -> ApiResult<(HeaderMap, Json<Alert>)> {
     let id = parse_id(&id)?;
     let alert = state
         .storage
         .alert_by_id(id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(alert))
+    Ok(with_etag(alert))
 }
 
-async fn change_status(
+/// The version an `If-Match` header names (`"3"`, `W/"3"` or a list of them), compared
+/// with the alert's: `Some(true)` when one matches or it is `*`, `None` without the header.
+fn if_match(headers: &HeaderMap, version: i64) -> Option<bool> {
+    let value = headers.get(axum::http::header::IF_MATCH)?;
+    let Ok(value) = value.to_str() else {
+        return Some(false);
+    };
+    let wanted = version.to_string();
+    Some(
+        value
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == wanted),
+    )
+}
+
+/// The alert with its `ETag`.
+fn with_etag(alert: Alert) -> (HeaderMap, Json<Alert>) {
+    let mut headers = HeaderMap::new();
+    headers.insert(axum::http::header::ETAG, crate::error::etag(&alert));
+    (headers, Json(alert))
+}
+
+async fn change(
     state: &AppState,
     admin: &common::domain::User,
     id: &str,
+    headers: &HeaderMap,
     body: serde_json::Value,
     status_required: bool,
-) -> ApiResult<Json<Alert>> {
+) -> ApiResult<(HeaderMap, Json<Alert>)> {
     let id = parse_id(id)?;
     let mut fields = Fields::new(body)?;
     let status = fields.choice::<AlertStatus>("status", status_required);
@@ -176,61 +241,125 @@ async fn change_status(
             format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
         );
     }
-    fields.finish()?;
-    let Some(status) = status else {
-        // A partial update with nothing to change answers the alert as it is, as DRF does.
-        let alert = state
+    let close_reason = fields.choice::<CloseReason>("close_reason", false);
+    let assignee = fields.nullable_integer("assignee", 1);
+    let version = fields.integer("version", 1);
+    if let Some(Some(user_id)) = assignee
+        && !state
             .storage
-            .alert_by_id(id)
+            .user_by_id(user_id)
             .await?
-            .ok_or(ApiError::NotFound)?;
-        return Ok(Json(alert));
-    };
-    let update = state
+            .is_some_and(|user| user.is_active)
+    {
+        fields.error(
+            "assignee",
+            format!("Invalid pk \"{user_id}\" - object does not exist or is inactive."),
+        );
+    }
+    fields.finish()?;
+    // The alert as it is, for a precondition and for a request that changes nothing.
+    let current = state
         .storage
-        .change_alert_status(id, status, admin.id, note.as_deref(), Utc::now())
+        .alert_by_id(id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let matched = if_match(headers, current.version);
+    if matched == Some(false) {
+        return Err(ApiError::PreconditionFailed(Box::new(current)));
+    }
+    if version.is_some_and(|v| v != current.version) {
+        return Err(ApiError::Conflict(Box::new(current)));
+    }
+    let change = AlertChange {
+        status,
+        close_reason,
+        assignee,
+        note,
+        // Checked again under the row lock: a change committed since the read above loses.
+        expected_version: matched.map(|_| current.version).or(version),
+    };
+    let update = match state
+        .storage
+        .update_alert(id, &change, admin.id, Utc::now())
+        .await?
+    {
+        AlertUpdate::Done(update) => update,
+        AlertUpdate::NotFound => return Err(ApiError::NotFound),
+        AlertUpdate::Stale(alert) if matched.is_some() => {
+            return Err(ApiError::PreconditionFailed(Box::new(alert)));
+        }
+        AlertUpdate::Stale(alert) => return Err(ApiError::Conflict(Box::new(alert))),
+        AlertUpdate::Refused(Refusal::Transition { from, to }) => {
+            return Err(ApiError::field(
+                "status",
+                format!("Cannot change status from {from} to {to}."),
+            ));
+        }
+        AlertUpdate::Refused(Refusal::CloseReasonWithoutResolving) => {
+            return Err(ApiError::field(
+                "close_reason",
+                "A close reason is given only when resolving (status RESOLVED).",
+            ));
+        }
+    };
     if let Some(change) = &update.change {
         tracing::info!(
             admin = admin.id,
             alert_id = id,
             from = ?change.from_status,
             to = %change.to_status,
-            "alert status changed"
+            kind = ?change.kind,
+            "alert changed"
         );
         crate::updates::announce(&state.js, &state.published, &update.alert, change).await;
     }
-    Ok(Json(update.alert))
+    Ok(with_etag(update.alert))
 }
 
-/// Changes an alert's status (`{"status": …, "note": …}`); the change is recorded (who,
-/// when, from, to, note) and published on `alerts.updated.<status>`.
+/// Changes an alert: `status` (any move but RESOLVED → ACKNOWLEDGED), `close_reason` when
+/// resolving, `assignee`, with a `note`. The change is recorded as one history row (who,
+/// when, from, to, note) and published on `alerts.updated.<status>`; `version` goes up. With
+/// `If-Match` (412) or `"version"` (409) it applies only to the version given; without,
+/// the last write wins.
 #[utoipa::path(patch, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPartialPatch,
-    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403),
-        (status = 404), (status = 413), (status = 415), (status = 503)))]
+    params(("id" = i64, Path, description = "Alert id"),
+        ("If-Match" = Option<String>, Header, description = "Change only if this is still the alert's ETag (else 412)")),
+    request_body = AlertPartialPatch,
+    responses(
+        (status = 200, body = Alert, headers(("ETag" = String, description = "The alert's version, quoted"))),
+        (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 409, body = Alert, description = "`version` is not the alert's: the alert as it is"),
+        (status = 412, body = Alert, description = "`If-Match` is not the alert's ETag: the alert as it is"),
+        (status = 413), (status = 415), (status = 503)))]
 pub async fn patch(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> ApiResult<Json<Alert>> {
-    change_status(&state, &admin, &id, body, false).await
+) -> ApiResult<(HeaderMap, Json<Alert>)> {
+    change(&state, &admin, &id, &headers, body, false).await
 }
 
 /// As PATCH, with `status` required (the original's ModelViewSet accepted PUT too).
 #[utoipa::path(put, path = "/api/alerts/{id}/", tag = "alerts", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Alert id")), request_body = AlertPatch,
-    responses((status = 200, body = Alert), (status = 400), (status = 401), (status = 403),
-        (status = 404), (status = 413), (status = 415), (status = 503)))]
+    params(("id" = i64, Path, description = "Alert id"),
+        ("If-Match" = Option<String>, Header, description = "Change only if this is still the alert's ETag (else 412)")),
+    request_body = AlertPatch,
+    responses(
+        (status = 200, body = Alert, headers(("ETag" = String, description = "The alert's version, quoted"))),
+        (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 409, body = Alert, description = "`version` is not the alert's: the alert as it is"),
+        (status = 412, body = Alert, description = "`If-Match` is not the alert's ETag: the alert as it is"),
+        (status = 413), (status = 415), (status = 503)))]
 pub async fn put(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> ApiResult<Json<Alert>> {
-    change_status(&state, &admin, &id, body, true).await
+) -> ApiResult<(HeaderMap, Json<Alert>)> {
+    change(&state, &admin, &id, &headers, body, true).await
 }
 
 /// Every status change of an alert, oldest first; the first is its creation.

@@ -1,13 +1,16 @@
--- Folding repeats into one alert (sqlite). Keep in step with ../postgres/0008_alert_folding.sql.
+-- Alert triage (sqlite): folding repeats into one alert, owners and notes. Keep in step
+-- with ../postgres/0008_alert_folding.sql.
 -- An escalated event folds into the open alert of its fold key (ALERT_FOLD_KEY) instead of
 -- opening its own. An alert keeps its first event (`event_id`) and gains how many events it
 -- holds, the stored times of the first and last, the last event, the key's values (JSON) and a
--- `version` for optimistic concurrency; `close_reason` says how it was resolved.
+-- `version` for optimistic concurrency; `close_reason` says how it was resolved, `assignee`
+-- who owns it.
 -- `alert_events` counts each escalated event in exactly one alert, once (its primary key), and
 -- lists an alert's events; `open_folds` holds, per fold key (its hash), the alert that new
 -- events of the key fold into, and its row is the lock two alerters folding the same key take
--- first. Status changes gain a `reason` (the pipeline's own changes: a rise in severity, a
--- reopening) and the severities and close reason they set.
+-- first. The history (alert_status_changes) gains a `reason` (the pipeline's own changes: a
+-- rise in severity, a reopening), the severities, close reason and owners a change set, and the
+-- note a row records.
 -- Alerts made before this migration hold their one event.
 
 ALTER TABLE alerts ADD COLUMN event_count INTEGER NOT NULL DEFAULT 1;
@@ -22,6 +25,8 @@ UPDATE alerts SET
     first_seen_at = (SELECT created_at FROM events WHERE events.id = alerts.event_id),
     last_seen_at = (SELECT created_at FROM events WHERE events.id = alerts.event_id),
     last_event_id = event_id;
+ALTER TABLE alerts ADD COLUMN assignee INTEGER REFERENCES users (id);
+CREATE INDEX IF NOT EXISTS alerts_assignee_id ON alerts (assignee, id);
 CREATE INDEX IF NOT EXISTS alerts_last_seen_at_id ON alerts (last_seen_at, id);
 CREATE INDEX IF NOT EXISTS alerts_event_count_id ON alerts (event_count, id);
 
@@ -37,8 +42,21 @@ CREATE TABLE IF NOT EXISTS open_folds (
     alert_id   INTEGER REFERENCES alerts (id)
 );
 
+-- Notes on an alert (Admins write them, everyone reads them); each is in the history too.
+CREATE TABLE IF NOT EXISTS alert_notes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id    INTEGER NOT NULL REFERENCES alerts (id),
+    author      INTEGER NOT NULL REFERENCES users (id),
+    text        TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_notes_alert_id_id ON alert_notes (alert_id, id);
+
 ALTER TABLE alert_status_changes ADD COLUMN reason TEXT;
 ALTER TABLE alert_status_changes ADD COLUMN from_severity INTEGER CHECK (from_severity BETWEEN 1 AND 4);
 ALTER TABLE alert_status_changes ADD COLUMN to_severity INTEGER CHECK (to_severity BETWEEN 1 AND 4);
 ALTER TABLE alert_status_changes ADD COLUMN close_reason TEXT
     CHECK (close_reason IN ('true_positive', 'false_positive', 'benign', 'duplicate', 'other'));
+ALTER TABLE alert_status_changes ADD COLUMN from_assignee INTEGER REFERENCES users (id);
+ALTER TABLE alert_status_changes ADD COLUMN to_assignee INTEGER REFERENCES users (id);
+ALTER TABLE alert_status_changes ADD COLUMN note_id INTEGER REFERENCES alert_notes (id);

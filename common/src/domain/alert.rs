@@ -114,6 +114,9 @@ pub struct Alert {
     /// Why it was resolved; `null` while it is not resolved.
     #[serde(default)]
     pub close_reason: Option<CloseReason>,
+    /// The user who owns it (a user id), or `null`.
+    #[serde(default)]
+    pub assignee: Option<i64>,
 }
 
 fn one() -> i64 {

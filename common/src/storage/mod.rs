@@ -35,7 +35,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use alerts::{AlertFilter, AlertOrdering, CreatedAlerts, Folding, StatusChange, StatusUpdate};
+pub use alerts::{
+    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, ChangeKind,
+    CreatedAlerts, Folding, Refusal, StatusChange, StatusUpdate,
+};
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use users::{NewUser, UserChanges};
 
@@ -142,6 +145,10 @@ pub enum StorageError {
     /// timeout, lock contention). Retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A change the alert lifecycle refuses (see `Storage::update_alert`, which says why
+    /// without an error).
+    #[error("refused: {0}")]
+    Refused(String),
     /// A stored value that does not fit the domain (written by something other than us).
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -20,6 +20,8 @@ pub(super) enum Value {
     Text(String),
     /// `BOOLEAN`.
     Bool(bool),
+    /// `NULL`, written as such (for `IS NULL`), never bound.
+    Null,
 }
 
 impl From<i64> for Value {
@@ -72,6 +74,7 @@ where
             Value::SmallInt(v) => query.push_bind(v),
             Value::Text(v) => query.push_bind(v),
             Value::Bool(v) => query.push_bind(v),
+            Value::Null => query.push("NULL"),
         };
     }
 }

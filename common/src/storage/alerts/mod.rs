@@ -7,6 +7,7 @@ mod create;
 mod status;
 
 pub use create::Folding;
+pub use status::{AlertChange, AlertUpdate, Refusal};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,16 +15,20 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use super::listing::{CountTables, ListFilter, shared_conditions};
-use super::sql::{Condition, condition};
+use super::sql::{Condition, Value, condition};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Alert, AlertStatus, CloseReason, Severity, from_micros};
 use serde_json::Map;
 
 const STATUS_CHANGE_COLUMNS: &str = "id, alert_id, from_status, to_status, changed_by, note, \
-     changed_at, reason, from_severity, to_severity, close_reason";
+     changed_at, reason, from_severity, to_severity, close_reason, from_assignee, to_assignee, \
+     note_id";
+const ALERT_COLUMNS: &str = "id, event_id, source_name, event_type, severity, status, \
+     created_at, updated_at, event_count, first_seen_at, last_seen_at, last_event_id, fold_key, \
+     version, close_reason, assignee";
 const SELECT_ALERT: &str = "SELECT id, event_id, source_name, event_type, severity, status, \
      created_at, updated_at, event_count, first_seen_at, last_seen_at, last_event_id, fold_key, \
-     version, close_reason FROM alerts";
+     version, close_reason, assignee FROM alerts";
 
 /// What creating (or folding into) alerts for a batch of escalated events did.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +72,37 @@ pub struct StatusChange {
     pub to_severity: Option<Severity>,
     /// The close reason a resolution gave.
     pub close_reason: Option<CloseReason>,
+    /// The owner before, when the change assigned the alert.
+    pub from_assignee: Option<i64>,
+    /// The owner after, when the change assigned the alert.
+    pub to_assignee: Option<i64>,
+    /// The note this row records, when it records one (see `/notes/`).
+    pub note_id: Option<i64>,
+    /// What the change was, from the fields above.
+    pub kind: ChangeKind,
+}
+
+/// What one history row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The alert was made.
+    Created,
+    /// A folded event of higher severity raised its severity (and reopened it if it was
+    /// acknowledged).
+    SeverityRaised,
+    /// It became ACKNOWLEDGED.
+    Acknowledged,
+    /// It became RESOLVED.
+    Resolved,
+    /// It became OPEN again.
+    Reopened,
+    /// Its owner changed.
+    Assigned,
+    /// A note was added.
+    Note,
+    /// Something else changed (the close reason of a resolved alert).
+    Updated,
 }
 
 /// Which alerts a list or count covers; every given field must match (`AND`), and the
@@ -85,6 +121,17 @@ pub struct AlertFilter {
     pub created_from: Option<DateTime<Utc>>,
     /// Raised at or before this time (inclusive).
     pub created_to: Option<DateTime<Utc>>,
+    /// Owned by this user, or by nobody.
+    pub assignee: Option<AssigneeFilter>,
+}
+
+/// Whose alerts a list covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssigneeFilter {
+    /// Alerts nobody owns.
+    Nobody,
+    /// Alerts this user (id) owns.
+    User(i64),
 }
 
 const ALERT_COUNT_TABLES: CountTables = CountTables {
@@ -98,8 +145,14 @@ impl ListFilter for AlertFilter {
     const TABLE: &'static str = "alerts";
 
     fn conditions(&self) -> Vec<Condition> {
+        let assignee = match self.assignee {
+            None => None,
+            Some(AssigneeFilter::Nobody) => condition("assignee", "IS", Some(Value::Null)),
+            Some(AssigneeFilter::User(id)) => condition("assignee", "=", Some(id)),
+        };
         condition("status", "=", self.status.map(|s| s.as_str()))
             .into_iter()
+            .chain(assignee)
             .chain(shared_conditions(
                 self.severity,
                 self.source_name.as_deref(),
@@ -122,11 +175,13 @@ impl ListFilter for AlertFilter {
             source_name,
             created_from,
             created_to,
+            assignee,
         } = self;
+        // Owners are not counted ahead: such a count walks the owner's rows (an index).
         ALERT_COUNT_TABLES.answering(
             event_type.is_some(),
             source_name.is_some(),
-            created_from.is_some() || created_to.is_some(),
+            created_from.is_some() || created_to.is_some() || assignee.is_some(),
         )
     }
 }
@@ -183,6 +238,7 @@ struct AlertRow {
     fold_key: Option<String>,
     version: i64,
     close_reason: Option<String>,
+    assignee: Option<i64>,
 }
 
 impl TryFrom<AlertRow> for Alert {
@@ -220,6 +276,7 @@ impl TryFrom<AlertRow> for Alert {
             fold_key,
             version: row.version,
             close_reason,
+            assignee: row.assignee,
         })
     }
 }
@@ -237,6 +294,9 @@ struct StatusChangeRow {
     from_severity: Option<i16>,
     to_severity: Option<i16>,
     close_reason: Option<String>,
+    from_assignee: Option<i64>,
+    to_assignee: Option<i64>,
+    note_id: Option<i64>,
 }
 
 impl TryFrom<StatusChangeRow> for StatusChange {
@@ -262,6 +322,18 @@ impl TryFrom<StatusChangeRow> for StatusChange {
             None => None,
             Some(reason) => Some(reason.parse().map_err(|_| corrupt("close_reason"))?),
         };
+        let kind = match (from_status, to_status) {
+            (None, _) => ChangeKind::Created,
+            _ if row.note_id.is_some() => ChangeKind::Note,
+            _ if to_severity > from_severity => ChangeKind::SeverityRaised,
+            (Some(from), to) if from != to => match to {
+                AlertStatus::Open => ChangeKind::Reopened,
+                AlertStatus::Acknowledged => ChangeKind::Acknowledged,
+                AlertStatus::Resolved => ChangeKind::Resolved,
+            },
+            _ if row.from_assignee != row.to_assignee => ChangeKind::Assigned,
+            _ => ChangeKind::Updated,
+        };
         Ok(StatusChange {
             id: row.id,
             alert_id: row.alert_id,
@@ -274,6 +346,10 @@ impl TryFrom<StatusChangeRow> for StatusChange {
             from_severity,
             to_severity,
             close_reason,
+            from_assignee: row.from_assignee,
+            to_assignee: row.to_assignee,
+            note_id: row.note_id,
+            kind,
         })
     }
 }
