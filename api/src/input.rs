@@ -237,6 +237,25 @@ impl Fields {
         }
     }
 
+    /// True when a field already had an error.
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// A field's raw JSON, for shapes the readers above do not cover.
+    pub fn take(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name)
+    }
+
+    /// Records the errors of a nested object under `name`, each as `name.field`.
+    pub fn nested_errors(&mut self, name: &str, errors: &FieldErrors) {
+        for field in errors.fields() {
+            for message in errors.get(field).unwrap_or_default() {
+                self.errors.add(&format!("{name}.{field}"), message.clone());
+            }
+        }
+    }
+
     /// Ok when no field had an error.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
@@ -275,6 +294,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 impl Params {
+    /// Parameters given as `(name, value)` pairs (the filter of a bulk action).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Params {
+        Params {
+            pairs,
+            errors: FieldErrors::new(),
+        }
+    }
+
+    /// The errors so far, taken.
+    pub fn take_errors(&mut self) -> FieldErrors {
+        std::mem::take(&mut self.errors)
+    }
+
     /// The last value given for `name`, if any and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs

@@ -100,7 +100,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/alerts/{id}/history", get(alerts::history))
         .route("/api/alerts/{id}/events", get(alerts::events))
+        .route(
+            "/api/alerts/{id}/notes",
+            get(alerts::notes).post(alerts::add_note),
+        )
         .route("/api/alerts/stream", get(alerts::stream))
+        .route("/api/alerts/bulk", post(alerts::bulk))
         .route("/api/schema", get(openapi::schema))
         .route("/api/docs", get(openapi::docs))
         .route(openapi::DOCS_SCRIPT_PATH, get(openapi::docs_script))

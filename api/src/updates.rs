@@ -111,6 +111,40 @@ pub async fn announce(
     true
 }
 
+/// [`announce`] for many changes (a bulk action), all in flight at once; what fails to be
+/// published stays pending for the relay.
+pub async fn announce_all(
+    js: &async_nats::jetstream::Context,
+    published: &PublishedChanges,
+    changes: &[(Alert, StatusChange)],
+) {
+    let mut messages = Vec::with_capacity(changes.len());
+    for (alert, change) in changes {
+        match bus::alert_updated_message(alert, change) {
+            Ok(message) => messages.push(message),
+            Err(err) => tracing::error!(error = %err, "cannot encode an alert update"),
+        }
+    }
+    let timeout = PUBLISH_TIMEOUT * 4;
+    match tokio::time::timeout(timeout, bus::publish_all(js, messages)).await {
+        Ok(Ok(_)) => {
+            for (_, change) in changes {
+                published.push(change.id);
+            }
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, changes = changes.len(),
+                "bulk alert updates not all published yet; the relay will retry");
+        }
+        Err(_) => {
+            tracing::warn!(
+                changes = changes.len(),
+                "bulk alert updates publish timed out; the relay will retry"
+            );
+        }
+    }
+}
+
 /// Until `shutdown`: clears the marks of announced changes as they are handed over, and
 /// publishes, every few seconds, the status changes still pending (see the module's notes),
 /// oldest first. A round stops at the first failure: NATS is still away.

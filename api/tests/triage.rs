@@ -351,3 +351,334 @@ async fn an_alert_is_assigned_to_an_active_user_only_and_filtered_by_its_owner()
     let unassigned = patch(&api, &token, mine, json!({"assignee": null})).await;
     assert_eq!(unassigned.json["assignee"], Value::Null);
 }
+
+#[tokio::test]
+async fn notes_are_added_by_admins_read_by_analysts_oldest_first_and_in_the_history() {
+    let api = TestApi::start().await;
+    let (admin, token) = api.user_with_token("admin", Role::Admin).await;
+    let (_, analyst) = api.user_with_token("analyst", Role::Analyst).await;
+    let id = api.stored_alert("noted").await.id;
+    let path = format!("/api/alerts/{id}/notes/");
+
+    let first = api
+        .call(
+            "POST",
+            &path,
+            Some(&token),
+            Some(json!({"text": "  called the owner  "})),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(first.json["text"], "called the owner");
+    assert_eq!(first.json["author"], admin.id);
+    assert_eq!(first.json["alert_id"], id);
+    let second = api
+        .call(
+            "POST",
+            &path,
+            Some(&token),
+            Some(json!({"text": "x".repeat(10_000)})),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    for bad in [
+        json!({"text": ""}),
+        json!({"text": "x".repeat(10_001)}),
+        json!({}),
+    ] {
+        let resp = api.call("POST", &path, Some(&token), Some(bad)).await;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text);
+        assert!(resp.json["text"].is_array(), "{}", resp.text);
+    }
+    let refused = api
+        .call("POST", &path, Some(&analyst), Some(json!({"text": "mine"})))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let missing = api
+        .call(
+            "POST",
+            "/api/alerts/999999/notes/",
+            Some(&token),
+            Some(json!({"text": "a"})),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let listed = api.call("GET", &path, Some(&analyst), None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let notes = listed.json.as_array().unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["id"], first.json["id"]);
+    let rows = history(&api, &analyst, id).await;
+    assert_eq!(rows.len(), 3, "created and two notes");
+    assert_eq!(rows[1]["kind"], "note");
+    assert_eq!(rows[1]["note_id"], first.json["id"]);
+    assert_eq!(rows[1]["note"], "called the owner");
+    assert_eq!(rows[1]["changed_by"], admin.id);
+    let alert = api.state.storage.alert_by_id(id).await.unwrap().unwrap();
+    assert_eq!(alert.version, 1, "a note is not a change of the alert");
+}
+
+#[tokio::test]
+async fn a_bulk_action_by_ids_changes_what_it_may_and_says_why_it_skipped_the_rest() {
+    let api = TestApi::start().await;
+    let (admin, token) = api.user_with_token("admin", Role::Admin).await;
+    let (_, analyst) = api.user_with_token("analyst", Role::Analyst).await;
+    let open = alert_in(&api, &token, "b-open", "OPEN").await;
+    let acked = alert_in(&api, &token, "b-acked", "ACKNOWLEDGED").await;
+    let resolved = alert_in(&api, &token, "b-resolved", "RESOLVED").await;
+    let ids = json!([open, acked, resolved, 999_999]);
+
+    let dry = api
+        .call(
+            "POST",
+            "/api/alerts/bulk/",
+            Some(&token),
+            Some(json!({"ids": ids, "action": "acknowledge", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text);
+    assert_eq!(dry.json["matched"], 4);
+    assert_eq!(
+        history(&api, &token, open).await.len(),
+        1,
+        "a dry run changes nothing"
+    );
+
+    let done = api
+        .call(
+            "POST",
+            "/api/alerts/bulk/",
+            Some(&token),
+            Some(json!({"ids": ids, "action": "acknowledge", "note": "triage"})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.json["matched"], 4);
+    assert_eq!(done.json["changed"], 1);
+    let skipped: Vec<(i64, String)> = done.json["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_i64().unwrap(),
+                s["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            (acked, "Nothing to change.".to_owned()),
+            (
+                resolved,
+                "Cannot change status from RESOLVED to ACKNOWLEDGED.".to_owned()
+            ),
+            (999_999, "Not found.".to_owned()),
+        ]
+    );
+    let row = history(&api, &token, open).await.pop().unwrap();
+    assert_eq!(
+        (row["to_status"].as_str(), row["note"].as_str()),
+        (Some("ACKNOWLEDGED"), Some("triage"))
+    );
+
+    let assigned = api
+        .call(
+            "POST",
+            "/api/alerts/bulk/",
+            Some(&token),
+            Some(json!({"ids": [open, acked], "action": "assign", "assignee": admin.id})),
+        )
+        .await;
+    assert_eq!(assigned.json["changed"], 2, "{}", assigned.text);
+    let resolved_now = api
+        .call(
+            "POST",
+            "/api/alerts/bulk/",
+            Some(&token),
+            Some(json!({"ids": [open], "action": "resolve", "close_reason": "duplicate"})),
+        )
+        .await;
+    assert_eq!(resolved_now.json["changed"], 1, "{}", resolved_now.text);
+    let alert = api.state.storage.alert_by_id(open).await.unwrap().unwrap();
+    assert_eq!(alert.close_reason.map(|r| r.as_str()), Some("duplicate"));
+    assert_eq!(alert.assignee, Some(admin.id));
+
+    for (body, field) in [
+        (json!({"action": "acknowledge"}), "non_field_errors"),
+        (
+            json!({"ids": [1], "filter": {}, "action": "acknowledge"}),
+            "non_field_errors",
+        ),
+        (json!({"ids": [1], "action": "explode"}), "action"),
+        (json!({"ids": ["one"], "action": "reopen"}), "ids"),
+        (json!({"ids": [1], "action": "assign"}), "assignee"),
+        (
+            json!({"filter": {"stauts": "OPEN"}, "action": "reopen"}),
+            "filter",
+        ),
+        (
+            json!({"filter": {"status": "SHUT"}, "action": "reopen"}),
+            "filter.status",
+        ),
+        (
+            json!({"ids": (1..=10_001).collect::<Vec<i64>>(), "action": "reopen"}),
+            "ids",
+        ),
+    ] {
+        let resp = api
+            .call(
+                "POST",
+                "/api/alerts/bulk/",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            resp.text
+        );
+        assert!(resp.json[field].is_array(), "{body}: {}", resp.text);
+    }
+    let forbidden = api
+        .call(
+            "POST",
+            "/api/alerts/bulk/",
+            Some(&analyst),
+            Some(json!({"ids": [open], "action": "reopen"})),
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+}
+
+/// How many messages the ALERTS stream holds on `subject`.
+async fn messages_on(api: &TestApi, subject: &str) -> u64 {
+    use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+    let stream = api
+        .state
+        .js
+        .get_stream(common::subjects::ALERTS_STREAM)
+        .await
+        .unwrap();
+    let mut consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    consumer.info().await.unwrap().num_pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_resolve_by_filter_changes_ten_thousand_alerts_at_once_and_refuses_more() {
+    let api = TestApi::start().await;
+    let (_, token) = api.user_with_token("admin", Role::Admin).await;
+    let storage = &api.state.storage;
+    let now = chrono::Utc::now();
+    let records: Vec<common::storage::EventRecord> = (0..10_001)
+        .map(|i| common::storage::EventRecord {
+            uid: format!("bulk-{i}"),
+            event: common::domain::EventIn::from_value(json!({
+                "sourceName": if i < 10_000 { "fw-bulk" } else { "elsewhere" },
+                "eventType": "port_scan", "severity": "HIGH",
+            }))
+            .unwrap(),
+            created_at: now,
+        })
+        .collect();
+    for chunk in records.chunks(1000) {
+        let stored = storage
+            .store_events(chunk, common::domain::Severity::High)
+            .await
+            .unwrap();
+        storage
+            .create_alerts(&stored.to_escalate, now)
+            .await
+            .unwrap();
+    }
+    assert_eq!(storage.count_alerts().await.unwrap(), 10_001);
+    let bulk = |body: Value| {
+        let api = &api;
+        let token = token.clone();
+        async move {
+            api.call("POST", "/api/alerts/bulk/", Some(&token), Some(body))
+                .await
+        }
+    };
+
+    let too_many = bulk(json!({"filter": {"status": "OPEN"}, "action": "resolve"})).await;
+    assert_eq!(
+        too_many.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        too_many.text
+    );
+    let message = too_many.json["filter"][0].as_str().unwrap();
+    assert!(
+        message.contains("10001") && message.contains("10000"),
+        "{message}"
+    );
+    let preview =
+        bulk(json!({"filter": {"status": "OPEN"}, "action": "resolve", "dry_run": true})).await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.text);
+    assert_eq!(preview.json["matched"], 10_001);
+    assert_eq!(preview.json["first_ids"].as_array().unwrap().len(), 20);
+    let open = common::storage::AlertFilter {
+        status: Some(common::domain::AlertStatus::Open),
+        ..Default::default()
+    };
+    assert_eq!(
+        storage.count_alerts_matching(&open).await.unwrap(),
+        10_001,
+        "nothing changed"
+    );
+
+    let done = bulk(
+        json!({"filter": {"status": "OPEN", "sourceName": "fw-bulk"},
+                            "action": "resolve", "close_reason": "benign"}),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.json["matched"], 10_000);
+    assert_eq!(done.json["changed"], 10_000);
+    assert_eq!(done.json["skipped"], json!([]));
+    assert_eq!(storage.count_alerts_matching(&open).await.unwrap(), 1);
+    let resolved = common::storage::AlertFilter {
+        status: Some(common::domain::AlertStatus::Resolved),
+        source_name: Some("fw-bulk".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        storage.count_alerts_matching(&resolved).await.unwrap(),
+        10_000
+    );
+    // One history row each, all of one transaction (one time), each announced once.
+    let alerts = storage
+        .list_alerts(
+            &resolved,
+            common::storage::AlertOrdering::NewestFirst,
+            20_000,
+            0,
+        )
+        .await
+        .unwrap();
+    let mut times = std::collections::HashSet::new();
+    for alert in alerts.iter().step_by(97) {
+        let rows = storage.status_history(alert.id).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].close_reason.map(|r| r.as_str()), Some("benign"));
+        times.insert(rows[1].changed_at);
+    }
+    assert_eq!(
+        times.len(),
+        1,
+        "every change has the transaction's one time"
+    );
+    assert_eq!(messages_on(&api, "alerts.updated.resolved").await, 10_000);
+}

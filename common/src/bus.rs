@@ -165,10 +165,28 @@ impl Outgoing {
     }
 }
 
-/// Publishes every message, all in flight at once, and returns when the stream has
-/// acknowledged every one: only then are they durable. Any failure fails the whole call
-/// (the caller retries the whole batch; the idempotency keys absorb what got through).
+/// Most publishes one [`publish_all`] has in flight. Past 5,000 awaiting their PubAck the
+/// client holds further publishes back (its default limit), and a bulk action of 10,000
+/// changes published that way got only 5,000 out in 20 s; in windows all go in about a second.
+const PUBLISH_WINDOW: usize = 2048;
+
+/// Publishes every message, up to [`PUBLISH_WINDOW`] in flight at once, and returns when the
+/// stream has acknowledged every one: only then are they durable. Any failure fails the whole
+/// call (the caller retries the whole batch; the idempotency keys absorb what got through).
 pub async fn publish_all(
+    js: &jetstream::Context,
+    messages: Vec<Outgoing>,
+) -> Result<Vec<PublishAck>, BusError> {
+    let mut acks = Vec::with_capacity(messages.len());
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() {
+        let window: Vec<Outgoing> = messages.by_ref().take(PUBLISH_WINDOW).collect();
+        acks.extend(publish_window(js, window).await?);
+    }
+    Ok(acks)
+}
+
+async fn publish_window(
     js: &jetstream::Context,
     messages: Vec<Outgoing>,
 ) -> Result<Vec<PublishAck>, BusError> {

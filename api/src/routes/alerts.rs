@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
 use common::domain::{Alert, AlertStatus, CloseReason, Event, Severity};
 use common::storage::{
-    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, Refusal, StatusChange,
+    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, MAX_NOTE_TEXT_CHARS,
+    Note, Refusal, StatusChange,
 };
 use common::subjects;
 use serde::Deserialize;
@@ -111,6 +112,38 @@ fn ordering(params: &mut Params) -> AlertOrdering {
     }
 }
 
+/// The query parameters every alert list takes (also a bulk action's `filter`), as a filter.
+fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter {
+    let assignee = match params.text("assignee").as_deref() {
+        None => None,
+        Some("me") => Some(AssigneeFilter::User(user.id)),
+        Some("none") => Some(AssigneeFilter::Nobody),
+        Some(other) => match other.parse::<i64>() {
+            Ok(id) if id > 0 => Some(AssigneeFilter::User(id)),
+            _ => {
+                params.error(
+                    "assignee",
+                    format!("\"{other}\" is not a valid owner: use me, none or a user id."),
+                );
+                None
+            }
+        },
+    };
+    // Both spellings are checked (a bad one is a 400 even beside a good one);
+    // `event__severity` wins when both are given.
+    let by_event = params.choice::<Severity>("event__severity");
+    let severity = by_event.or(params.choice::<Severity>("severity"));
+    AlertFilter {
+        status: params.choice::<AlertStatus>("status"),
+        severity,
+        event_type: params.text("eventType"),
+        source_name: params.text("sourceName"),
+        created_from: params.datetime("created_at__gte"),
+        created_to: params.datetime("created_at__lte"),
+        assignee,
+    }
+}
+
 /// Lists alerts, newest first unless `ordering` says otherwise; filters combine.
 #[utoipa::path(get, path = "/api/alerts/", tag = "alerts", security(("jwt" = [])),
     params(
@@ -135,34 +168,7 @@ pub async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Json<Page<Alert>>> {
-    let assignee = match params.text("assignee").as_deref() {
-        None => None,
-        Some("me") => Some(AssigneeFilter::User(user.id)),
-        Some("none") => Some(AssigneeFilter::Nobody),
-        Some(other) => match other.parse::<i64>() {
-            Ok(id) if id > 0 => Some(AssigneeFilter::User(id)),
-            _ => {
-                params.error(
-                    "assignee",
-                    format!("\"{other}\" is not a valid owner: use me, none or a user id."),
-                );
-                None
-            }
-        },
-    };
-    // Both spellings are checked (a bad one is a 400 even beside a good one);
-    // `event__severity` wins when both are given.
-    let by_event = params.choice::<Severity>("event__severity");
-    let severity = by_event.or(params.choice::<Severity>("severity"));
-    let filter = AlertFilter {
-        status: params.choice::<AlertStatus>("status"),
-        severity,
-        event_type: params.text("eventType"),
-        source_name: params.text("sourceName"),
-        created_from: params.datetime("created_at__gte"),
-        created_to: params.datetime("created_at__lte"),
-        assignee,
-    };
+    let filter = alert_filter(&mut params, &user);
     let ordering = ordering(&mut params);
     let page = PageRequest::from_params(&mut params);
     params.finish()?;
@@ -413,6 +419,378 @@ pub async fn events(
         .alert_events(id, page.size, page.offset())
         .await?;
     Ok(Json(page.page(alert.count, events, &uri, &headers)))
+}
+
+/// An alert's notes, oldest first.
+#[utoipa::path(get, path = "/api/alerts/{id}/notes/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")),
+    responses((status = 200, body = Vec<Note>), (status = 401), (status = 404), (status = 503)))]
+pub async fn notes(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<Vec<Note>>> {
+    let id = parse_id(&id)?;
+    state
+        .storage
+        .alert_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(state.storage.notes(id).await?))
+}
+
+/// A note to add to an alert.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NoteIn {
+    /// What it says (1–10,000 characters).
+    #[schema(min_length = 1, max_length = 10000, pattern = r"\S")]
+    pub text: String,
+}
+
+/// Adds a note to an alert (Admins); it is in the alert's history too.
+#[utoipa::path(post, path = "/api/alerts/{id}/notes/", tag = "alerts", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Alert id")), request_body = NoteIn,
+    responses((status = 201, body = Note), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 413), (status = 415), (status = 503)))]
+pub async fn add_note(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody,
+) -> ApiResult<(StatusCode, Json<Note>)> {
+    let id = parse_id(&id)?;
+    let mut fields = Fields::new(body)?;
+    let text = fields.string("text", true);
+    if let Some(text) = &text
+        && text.chars().count() > MAX_NOTE_TEXT_CHARS
+    {
+        fields.error(
+            "text",
+            format!("Ensure this field has no more than {MAX_NOTE_TEXT_CHARS} characters."),
+        );
+    }
+    fields.finish()?;
+    let text = text.unwrap_or_default();
+    let note = state
+        .storage
+        .add_note(id, admin.id, &text, Utc::now())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tracing::info!(
+        admin = admin.id,
+        alert_id = id,
+        note_id = note.id,
+        "note added"
+    );
+    Ok((StatusCode::CREATED, Json(note)))
+}
+
+/// Most alerts one bulk action changes (and ids it takes).
+pub const MAX_BULK: usize = 10_000;
+/// How many ids a dry run shows.
+const DRY_RUN_IDS: usize = 20;
+/// The filters a bulk action's `filter` takes: those of `GET /api/alerts/`.
+const BULK_FILTERS: [&str; 8] = [
+    "status",
+    "severity",
+    "event__severity",
+    "eventType",
+    "sourceName",
+    "created_at__gte",
+    "created_at__lte",
+    "assignee",
+];
+
+/// What a bulk action does to each alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// To ACKNOWLEDGED.
+    Acknowledge,
+    /// To RESOLVED, with an optional `close_reason`.
+    Resolve,
+    /// To OPEN.
+    Reopen,
+    /// To the owner `assignee` (a user id or null).
+    Assign,
+}
+
+impl std::str::FromStr for BulkAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "acknowledge" => Ok(BulkAction::Acknowledge),
+            "resolve" => Ok(BulkAction::Resolve),
+            "reopen" => Ok(BulkAction::Reopen),
+            "assign" => Ok(BulkAction::Assign),
+            other => Err(format!("\"{other}\" is not a valid choice.")),
+        }
+    }
+}
+
+/// A bulk action (documentation of the body; the route reads it field by field).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BulkIn {
+    /// The alerts, by id (at most 10,000); or give `filter`.
+    #[schema(required = false, max_items = 10000)]
+    pub ids: Option<Vec<i64>>,
+    /// The alerts, by the filters of `GET /api/alerts/` (`{"status": "OPEN", "sourceName":
+    /// "fw"}`); more than 10,000 matches are refused unless `dry_run`. Or give `ids`.
+    #[schema(required = false, value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// What to do.
+    pub action: BulkAction,
+    /// With `resolve`: why.
+    #[schema(required = false, nullable = false, inline)]
+    pub close_reason: Option<CloseReason>,
+    /// Kept with each change in the history.
+    #[schema(
+        required = false,
+        nullable = false,
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"\S"
+    )]
+    pub note: Option<String>,
+    /// With `assign`: the owner, an active user's id, or null.
+    #[schema(required = false, nullable = true, minimum = 1)]
+    pub assignee: Option<i64>,
+    /// Only count and show what would change.
+    #[schema(required = false, nullable = false)]
+    pub dry_run: Option<bool>,
+}
+
+/// What a bulk action did (or, as a dry run, would touch).
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct BulkOut {
+    /// How many alerts the ids or the filter name.
+    pub matched: i64,
+    /// A dry run: the first (newest) of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_ids: Option<Vec<i64>>,
+    /// How many were changed (absent in a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<usize>,
+    /// The ones left as they were, with why (absent in a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Vec<Skipped>>,
+}
+
+/// An alert a bulk action left as it was.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Skipped {
+    /// The alert.
+    pub id: i64,
+    /// Why (a move the lifecycle refuses, nothing to change, no such alert).
+    pub reason: String,
+}
+
+/// Acknowledges, resolves, reopens or assigns many alerts at once (Admins), named by `ids`
+/// or by a `filter`: one transaction, one history row and one `alerts.updated.<status>`
+/// message per changed alert. `dry_run` only counts.
+#[utoipa::path(post, path = "/api/alerts/bulk/", tag = "alerts", security(("jwt" = [])),
+    request_body = BulkIn,
+    responses((status = 200, body = BulkOut), (status = 400), (status = 401), (status = 403),
+        (status = 413), (status = 415), (status = 503)))]
+pub async fn bulk(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<BulkOut>> {
+    let mut fields = Fields::new(body)?;
+    let action = fields.choice::<BulkAction>("action", true);
+    let close_reason = fields.choice::<CloseReason>("close_reason", false);
+    let note = if fields.has("note") {
+        fields.string("note", false)
+    } else {
+        None
+    };
+    if let Some(note) = &note
+        && note.chars().count() > MAX_NOTE_CHARS
+    {
+        fields.error(
+            "note",
+            format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
+        );
+    }
+    let assignee = fields.nullable_integer("assignee", 1);
+    let dry_run = fields.boolean("dry_run").unwrap_or(false);
+    let ids = match fields.take("ids") {
+        None => None,
+        Some(serde_json::Value::Array(items)) if items.len() > MAX_BULK => {
+            fields.error(
+                "ids",
+                format!("Ensure this field has no more than {MAX_BULK} elements."),
+            );
+            None
+        }
+        Some(serde_json::Value::Array(items)) => {
+            let parsed: Option<Vec<i64>> = items
+                .iter()
+                .map(|item| item.as_i64().filter(|id| *id > 0))
+                .collect();
+            if parsed.is_none() {
+                fields.error(
+                    "ids",
+                    "A list of alert ids (positive integers) is required.",
+                );
+            }
+            parsed
+        }
+        Some(_) => {
+            fields.error(
+                "ids",
+                "A list of alert ids (positive integers) is required.",
+            );
+            None
+        }
+    };
+    let filter = match fields.take("filter") {
+        None => None,
+        Some(serde_json::Value::Object(map)) => {
+            let mut pairs = Vec::with_capacity(map.len());
+            for (key, value) in map {
+                if !BULK_FILTERS.contains(&key.as_str()) {
+                    fields.error("filter", format!("\"{key}\" is not a filter of alerts."));
+                    continue;
+                }
+                match value {
+                    serde_json::Value::String(text) => pairs.push((key, text)),
+                    serde_json::Value::Number(n) => pairs.push((key, n.to_string())),
+                    _ => fields.error("filter", format!("\"{key}\" must be a string.")),
+                }
+            }
+            let mut params = Params::from_pairs(pairs);
+            let filter = alert_filter(&mut params, &admin);
+            fields.nested_errors("filter", &params.take_errors());
+            Some(filter)
+        }
+        Some(_) => {
+            fields.error("filter", "Expected a dictionary of the filters of alerts.");
+            None
+        }
+    };
+    if ids.is_some() == filter.is_some() && !fields.has_errors() {
+        fields.error("non_field_errors", "Give either \"ids\" or \"filter\".");
+    }
+    if let Some(Some(user_id)) = assignee
+        && !state
+            .storage
+            .user_by_id(user_id)
+            .await?
+            .is_some_and(|user| user.is_active)
+    {
+        fields.error(
+            "assignee",
+            format!("Invalid pk \"{user_id}\" - object does not exist or is inactive."),
+        );
+    }
+    match action {
+        Some(BulkAction::Assign) if assignee.is_none() => {
+            fields.error("assignee", "This field is required.");
+        }
+        Some(BulkAction::Acknowledge | BulkAction::Reopen) if close_reason.is_some() => {
+            fields.error(
+                "close_reason",
+                "A close reason is given only when resolving.",
+            );
+        }
+        _ => {}
+    }
+    fields.finish()?;
+    let Some(action) = action else {
+        return Err(ApiError::internal("bulk action missing after validation"));
+    };
+
+    // The alerts named, newest first.
+    let ids: Vec<i64> = match (ids, filter) {
+        (Some(ids), _) => {
+            let mut ids = ids;
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.dedup();
+            ids
+        }
+        (None, Some(filter)) => {
+            let matched = state.storage.count_alerts_matching(&filter).await?;
+            if dry_run {
+                let first = state
+                    .storage
+                    .list_alerts(&filter, AlertOrdering::NewestFirst, DRY_RUN_IDS as i64, 0)
+                    .await?;
+                return Ok(Json(BulkOut {
+                    matched,
+                    first_ids: Some(first.iter().map(|a| a.id).collect()),
+                    changed: None,
+                    skipped: None,
+                }));
+            }
+            if matched > MAX_BULK as i64 {
+                return Err(ApiError::field(
+                    "filter",
+                    format!(
+                        "The filter matches {matched} alerts; one bulk action changes at most \
+                         {MAX_BULK}. Narrow the filter."
+                    ),
+                ));
+            }
+            state
+                .storage
+                .list_alerts(&filter, AlertOrdering::NewestFirst, MAX_BULK as i64 + 1, 0)
+                .await?
+                .iter()
+                .map(|a| a.id)
+                .collect()
+        }
+        (None, None) => Vec::new(),
+    };
+    if dry_run {
+        return Ok(Json(BulkOut {
+            matched: ids.len() as i64,
+            first_ids: Some(ids.iter().take(DRY_RUN_IDS).copied().collect()),
+            changed: None,
+            skipped: None,
+        }));
+    }
+    let change = AlertChange {
+        status: match action {
+            BulkAction::Acknowledge => Some(AlertStatus::Acknowledged),
+            BulkAction::Resolve => Some(AlertStatus::Resolved),
+            BulkAction::Reopen => Some(AlertStatus::Open),
+            BulkAction::Assign => None,
+        },
+        close_reason,
+        assignee: if action == BulkAction::Assign {
+            assignee
+        } else {
+            None
+        },
+        note,
+        expected_version: None,
+    };
+    let done = state
+        .storage
+        .update_alerts(&ids, &change, admin.id, Utc::now())
+        .await?;
+    tracing::info!(
+        admin = admin.id,
+        action = ?action,
+        matched = ids.len(),
+        changed = done.changed.len(),
+        "bulk alert action"
+    );
+    crate::updates::announce_all(&state.js, &state.published, &done.changed).await;
+    Ok(Json(BulkOut {
+        matched: ids.len() as i64,
+        first_ids: None,
+        changed: Some(done.changed.len()),
+        skipped: Some(
+            done.skipped
+                .into_iter()
+                .map(|(id, reason)| Skipped { id, reason })
+                .collect(),
+        ),
+    }))
 }
 
 /// What a live stream sends: the alert (with `change` for an update), named by kind, with

@@ -36,8 +36,8 @@ use sqlx::sqlite::{
 };
 
 pub use alerts::{
-    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, ChangeKind,
-    CreatedAlerts, Folding, Refusal, StatusChange, StatusUpdate,
+    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, BulkUpdate, ChangeKind,
+    CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, StatusChange, StatusUpdate,
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use users::{NewUser, UserChanges};

@@ -4,10 +4,12 @@
 //! here are their types and reads.
 
 mod create;
+mod notes;
 mod status;
 
 pub use create::Folding;
-pub use status::{AlertChange, AlertUpdate, Refusal};
+pub use notes::{MAX_NOTE_TEXT_CHARS, Note};
+pub use status::{AlertChange, AlertUpdate, BulkUpdate, Refusal};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

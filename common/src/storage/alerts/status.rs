@@ -1,8 +1,11 @@
 //! Changing an alert (its status, close reason and owner), its history, and the
 //! notifications of its changes.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
+use sqlx::QueryBuilder;
 
 use super::{
     ALERT_COLUMNS, AlertRow, SELECT_ALERT, STATUS_CHANGE_COLUMNS, StatusChange, StatusChangeRow,
@@ -10,8 +13,8 @@ use super::{
 };
 use crate::domain::{Alert, AlertStatus, CloseReason, to_micros};
 use crate::storage::counts::{AlertCountDelta, CountShards};
-use crate::storage::sql::in_list_chunks;
-use crate::storage::{Storage, StorageError, in_write_transaction, on_pool};
+use crate::storage::sql::{Value, in_list_chunks, push_tuple};
+use crate::storage::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, on_pool};
 
 /// A change an admin asks of an alert: what is `None` stays as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +56,33 @@ pub enum Refusal {
     CloseReasonWithoutResolving,
 }
 
+/// What [`Storage::update_alerts`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BulkUpdate {
+    /// Each alert changed, as it is now, with its recorded change, in id order.
+    pub changed: Vec<(Alert, StatusChange)>,
+    /// Each alert left as it was, with why, in id order.
+    pub skipped: Vec<(i64, String)>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Transition { from, to } => {
+                write!(f, "Cannot change status from {from} to {to}.")
+            }
+            Refusal::CloseReasonWithoutResolving => {
+                f.write_str("A close reason is given only when resolving (status RESOLVED).")
+            }
+        }
+    }
+}
+
+/// A value or SQL `NULL` (in an `INSERT`'s `VALUES`, which takes the column's type).
+fn nullable<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
+}
+
 /// What [`Storage::update_alert`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertUpdate {
@@ -64,6 +94,48 @@ pub enum AlertUpdate {
     Stale(Alert),
     /// Not allowed; nothing changed.
     Refused(Refusal),
+}
+
+/// What an alert becomes under a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    status: AlertStatus,
+    close_reason: Option<CloseReason>,
+    assignee: Option<i64>,
+}
+
+/// The lifecycle's rules: what `change` makes of `current`, `None` when it changes nothing,
+/// or why it may not. A close reason is kept while the alert stays resolved and cleared when
+/// it is reopened; the version is not checked here.
+fn plan_change(current: &Alert, change: &AlertChange) -> Result<Option<Planned>, Refusal> {
+    let to = change.status.unwrap_or(current.status);
+    if !current.status.may_become(to) {
+        return Err(Refusal::Transition {
+            from: current.status,
+            to,
+        });
+    }
+    if change.close_reason.is_some() && to != AlertStatus::Resolved {
+        return Err(Refusal::CloseReasonWithoutResolving);
+    }
+    let close_reason = match (to, current.status) {
+        (AlertStatus::Resolved, AlertStatus::Resolved) => {
+            change.close_reason.or(current.close_reason)
+        }
+        (AlertStatus::Resolved, _) => change.close_reason,
+        _ => None,
+    };
+    let planned = Planned {
+        status: to,
+        close_reason,
+        assignee: change.assignee.unwrap_or(current.assignee),
+    };
+    let unchanged = Planned {
+        status: current.status,
+        close_reason: current.close_reason,
+        assignee: current.assignee,
+    };
+    Ok((planned != unchanged).then_some(planned))
 }
 
 impl Storage {
@@ -84,7 +156,7 @@ impl Storage {
             AlertUpdate::Done(update) => Ok(Some(update)),
             AlertUpdate::NotFound => Ok(None),
             AlertUpdate::Stale(_) => Err(StorageError::Refused("stale version".into())),
-            AlertUpdate::Refused(refusal) => Err(StorageError::Refused(format!("{refusal:?}"))),
+            AlertUpdate::Refused(refusal) => Err(StorageError::Refused(refusal.to_string())),
         }
     }
 
@@ -143,34 +215,20 @@ impl Storage {
             {
                 return Ok(AlertUpdate::Stale(current));
             }
-            let to = change.status.unwrap_or(current.status);
-            if !current.status.may_become(to) {
-                return Ok(AlertUpdate::Refused(Refusal::Transition {
-                    from: current.status,
-                    to,
-                }));
-            }
-            if change.close_reason.is_some() && to != AlertStatus::Resolved {
-                return Ok(AlertUpdate::Refused(Refusal::CloseReasonWithoutResolving));
-            }
-            let close_reason = match (to, current.status) {
-                (AlertStatus::Resolved, AlertStatus::Resolved) => {
-                    change.close_reason.or(current.close_reason)
+            let Planned {
+                status: to,
+                close_reason,
+                assignee,
+            } = match plan_change(&current, change) {
+                Err(refusal) => return Ok(AlertUpdate::Refused(refusal)),
+                Ok(None) => {
+                    return Ok(AlertUpdate::Done(StatusUpdate {
+                        alert: current,
+                        change: None,
+                    }));
                 }
-                (AlertStatus::Resolved, _) => change.close_reason,
-                // Reopening (or never resolved) clears it.
-                _ => None,
+                Ok(Some(planned)) => planned,
             };
-            let assignee = change.assignee.unwrap_or(current.assignee);
-            if to == current.status
-                && close_reason == current.close_reason
-                && assignee == current.assignee
-            {
-                return Ok(AlertUpdate::Done(StatusUpdate {
-                    alert: current,
-                    change: None,
-                }));
-            }
             sqlx::query::<Db>(
                 "UPDATE alerts SET status = $1, close_reason = $2, assignee = $3, \
                  version = version + 1, updated_at = $4 WHERE id = $5",
@@ -236,6 +294,184 @@ impl Storage {
                 alert: Alert::try_from(row)?,
                 change: Some(StatusChange::try_from(recorded)?),
             }))
+        })
+    }
+
+    /// Applies one change to many alerts in one transaction (bulk actions): each alert the
+    /// change applies to gets one history row, pending its `alerts.updated.<status>`
+    /// notification; the others are skipped with the reason (no such alert, a move the
+    /// lifecycle refuses, nothing to change). The version is not checked. Alerts are locked
+    /// in id order, as every writer of several alerts does.
+    pub async fn update_alerts(
+        &self,
+        ids: &[i64],
+        change: &AlertChange,
+        changed_by: i64,
+        now: DateTime<Utc>,
+    ) -> Result<BulkUpdate, StorageError> {
+        self.retrying_while_busy(|| self.update_alerts_once(ids, change, changed_by, now))
+            .await
+    }
+
+    async fn update_alerts_once(
+        &self,
+        ids: &[i64],
+        change: &AlertChange,
+        changed_by: i64,
+        now: DateTime<Utc>,
+    ) -> Result<BulkUpdate, StorageError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let now = to_micros(now);
+        let lock_rows = matches!(self, Storage::Postgres(_));
+        let select_prefix = format!("{SELECT_ALERT} WHERE id IN ");
+        in_write_transaction!(self, |tx| {
+            let mut current: HashMap<i64, Alert> = HashMap::with_capacity(ids.len());
+            for mut query in in_list_chunks::<Db, _>(&select_prefix, &ids) {
+                query.push(" ORDER BY id");
+                if lock_rows {
+                    query.push(" FOR UPDATE");
+                }
+                for row in query
+                    .build_query_as::<AlertRow>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    let alert = Alert::try_from(row)?;
+                    current.insert(alert.id, alert);
+                }
+            }
+            let mut skipped = Vec::new();
+            let mut planned: Vec<(&Alert, Planned)> = Vec::new();
+            for id in &ids {
+                let Some(alert) = current.get(id) else {
+                    skipped.push((*id, "Not found.".to_owned()));
+                    continue;
+                };
+                match plan_change(alert, change) {
+                    Ok(Some(plan)) => planned.push((alert, plan)),
+                    Ok(None) => skipped.push((*id, "Nothing to change.".to_owned())),
+                    Err(refusal) => skipped.push((*id, refusal.to_string())),
+                }
+            }
+            // One UPDATE per distinct outcome (there are few), so that every value is bound
+            // with its type.
+            let mut by_outcome: BTreeMap<(&str, Option<&str>, Option<i64>), Vec<i64>> =
+                BTreeMap::new();
+            for (alert, plan) in &planned {
+                let key = (
+                    plan.status.as_str(),
+                    plan.close_reason.map(CloseReason::as_str),
+                    plan.assignee,
+                );
+                by_outcome.entry(key).or_default().push(alert.id);
+            }
+            for ((status, close_reason, assignee), ids) in &by_outcome {
+                for chunk in fixed_shape_chunks(ids) {
+                    let mut query = QueryBuilder::<Db>::new("UPDATE alerts SET status = ");
+                    query.push_bind(*status);
+                    query.push(", close_reason = ");
+                    query.push_bind(*close_reason);
+                    query.push(", assignee = ");
+                    query.push_bind(*assignee);
+                    query.push(", version = version + 1, updated_at = ");
+                    query.push_bind(now);
+                    query.push(" WHERE id IN ");
+                    push_tuple(&mut query, chunk.iter().map(|id| Value::Int(*id)));
+                    query.build().execute(&mut *tx).await?;
+                }
+            }
+            let mut changes: Vec<StatusChangeRow> = Vec::with_capacity(planned.len());
+            for chunk in fixed_shape_chunks(&planned) {
+                let mut query = QueryBuilder::<Db>::new(
+                    "INSERT INTO alert_status_changes (alert_id, from_status, to_status, \
+                     changed_by, note, changed_at, notify_pending, close_reason, from_assignee, \
+                     to_assignee) VALUES ",
+                );
+                for (i, (alert, plan)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        query.push(", ");
+                    }
+                    let (from_assignee, to_assignee) = if plan.assignee == alert.assignee {
+                        (None, None)
+                    } else {
+                        (alert.assignee, plan.assignee)
+                    };
+                    let resolved = plan.status == AlertStatus::Resolved;
+                    push_tuple(
+                        &mut query,
+                        [
+                            Value::Int(alert.id),
+                            Value::from(alert.status.as_str()),
+                            Value::from(plan.status.as_str()),
+                            Value::Int(changed_by),
+                            nullable(change.note.as_deref()),
+                            Value::Int(now),
+                            Value::Bool(true),
+                            nullable(
+                                plan.close_reason
+                                    .filter(|_| resolved)
+                                    .map(CloseReason::as_str),
+                            ),
+                            nullable(from_assignee),
+                            nullable(to_assignee),
+                        ],
+                    );
+                }
+                query.push(format_args!(" RETURNING {STATUS_CHANGE_COLUMNS}"));
+                changes.extend(
+                    query
+                        .build_query_as::<StatusChangeRow>()
+                        .fetch_all(&mut *tx)
+                        .await?,
+                );
+            }
+            let mut moved = AlertCountDelta::default();
+            for (alert, plan) in &planned {
+                if plan.status != alert.status {
+                    let severity = alert.severity.rank();
+                    moved.add(
+                        alert.status.as_str(),
+                        severity,
+                        &alert.event_type,
+                        &alert.source_name,
+                        -1,
+                    );
+                    moved.add(
+                        plan.status.as_str(),
+                        severity,
+                        &alert.event_type,
+                        &alert.source_name,
+                        1,
+                    );
+                }
+            }
+            let shard = <Db as CountShards>::claim_count_shard(&mut tx).await?;
+            for mut upsert in moved.upserts::<Db>(shard) {
+                upsert.build().execute(&mut *tx).await?;
+            }
+            let changed_ids: Vec<i64> = planned.iter().map(|(alert, _)| alert.id).collect();
+            let mut after: HashMap<i64, Alert> = HashMap::with_capacity(changed_ids.len());
+            for mut query in in_list_chunks::<Db, _>(&select_prefix, &changed_ids) {
+                for row in query
+                    .build_query_as::<AlertRow>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    let alert = Alert::try_from(row)?;
+                    after.insert(alert.id, alert);
+                }
+            }
+            tx.commit().await?;
+            let mut changed = Vec::with_capacity(changes.len());
+            for row in changes {
+                let change = StatusChange::try_from(row)?;
+                if let Some(alert) = after.remove(&change.alert_id) {
+                    changed.push((alert, change));
+                }
+            }
+            Ok(BulkUpdate { changed, skipped })
         })
     }
 
