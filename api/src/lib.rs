@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/alerts/bulk", post(alerts::bulk))
+        .route("/api/alerts/summary", get(alerts::summary))
         .route("/api/schema", get(openapi::schema))
         .route("/api/docs", get(openapi::docs))
         .route(openapi::DOCS_SCRIPT_PATH, get(openapi::docs_script))

@@ -52,6 +52,7 @@ use crate::routes;
         routes::alerts::add_note,
         routes::alerts::stream,
         routes::alerts::bulk,
+        routes::alerts::summary,
         schema,
         docs,
         docs_script,

@@ -682,3 +682,38 @@ async fn a_bulk_resolve_by_filter_changes_ten_thousand_alerts_at_once_and_refuse
     );
     assert_eq!(messages_on(&api, "alerts.updated.resolved").await, 10_000);
 }
+
+#[tokio::test]
+async fn the_summary_counts_alerts_per_status_and_severity_and_names_the_busiest_sensors() {
+    let api = TestApi::start().await;
+    let (_, token) = api.user_with_token("admin", Role::Admin).await;
+    let (_, analyst) = api.user_with_token("analyst", Role::Analyst).await;
+    let resolved = alert_in(&api, &token, "s-1", "RESOLVED").await;
+    alert_in(&api, &token, "s-2", "ACKNOWLEDGED").await;
+    alert_in(&api, &token, "s-3", "OPEN").await;
+    assert!(resolved > 0);
+
+    let resp = api
+        .call("GET", "/api/alerts/summary/", Some(&analyst), None)
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    let zeros = json!({"LOW": 0, "MEDIUM": 0, "HIGH": 0, "CRITICAL": 0});
+    let one_high = json!({"LOW": 0, "MEDIUM": 0, "HIGH": 1, "CRITICAL": 0});
+    let by_status = json!({"OPEN": one_high, "ACKNOWLEDGED": one_high, "RESOLVED": one_high});
+    assert_eq!(resp.json["by_status"], by_status);
+    assert_eq!(
+        resp.json["top_sources"],
+        json!([{"sourceName": "fw", "count": 2}])
+    );
+    assert_eq!(
+        resp.json["top_event_types"],
+        json!([{"eventType": "port_scan", "count": 2}])
+    );
+    assert_eq!(
+        resp.json["last_24h"]["by_status"], by_status,
+        "all were made just now"
+    );
+    assert_ne!(resp.json["by_status"]["OPEN"], zeros);
+    let anonymous = api.call("GET", "/api/alerts/summary/", None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}

@@ -7,8 +7,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
 use common::domain::{Alert, AlertStatus, CloseReason, Event, Severity};
 use common::storage::{
-    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, MAX_NOTE_TEXT_CHARS,
-    Note, Refusal, StatusChange,
+    AlertChange, AlertFilter, AlertOrdering, AlertSummary, AlertUpdate, AssigneeFilter,
+    MAX_NOTE_TEXT_CHARS, Note, Refusal, StatusChange,
 };
 use common::subjects;
 use serde::Deserialize;
@@ -483,6 +483,18 @@ pub async fn add_note(
         "note added"
     );
     Ok((StatusCode::CREATED, Json(note)))
+}
+
+/// Alerts per status × severity and the ten sensors and event types with the most unresolved
+/// alerts, of every alert and of those created in the last 24 hours (the current hour and the
+/// 23 before it), from counters kept with the alerts (no scan of the alerts).
+#[utoipa::path(get, path = "/api/alerts/summary/", tag = "alerts", security(("jwt" = [])),
+    responses((status = 200, body = AlertSummary), (status = 401), (status = 503)))]
+pub async fn summary(
+    State(state): State<AppState>,
+    AnyUser(_user): AnyUser,
+) -> ApiResult<Json<AlertSummary>> {
+    Ok(Json(state.storage.alert_summary(Utc::now()).await?))
 }
 
 /// Most alerts one bulk action changes (and ids it takes).

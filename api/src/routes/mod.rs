@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/alerts/{id}/notes"),
     ("GET", "/api/alerts/stream"),
     ("POST", "/api/alerts/bulk"),
+    ("GET", "/api/alerts/summary"),
     ("GET", "/api/schema"),
     ("GET", "/api/docs"),
     ("GET", crate::openapi::DOCS_SCRIPT_PATH),

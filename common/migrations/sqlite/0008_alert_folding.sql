@@ -60,3 +60,42 @@ ALTER TABLE alert_status_changes ADD COLUMN close_reason TEXT
 ALTER TABLE alert_status_changes ADD COLUMN from_assignee INTEGER REFERENCES users (id);
 ALTER TABLE alert_status_changes ADD COLUMN to_assignee INTEGER REFERENCES users (id);
 ALTER TABLE alert_status_changes ADD COLUMN note_id INTEGER REFERENCES alert_notes (id);
+
+-- Alert counts per hour of creation (hour = created_at / 3,600,000,000), kept like the other
+-- counts tables (sharded, in the transaction that changes the alerts): what
+-- /api/alerts/summary/ answers "the last 24 hours" from without reading the alerts.
+CREATE TABLE IF NOT EXISTS alert_counts_by_hour (
+    hour      INTEGER NOT NULL,
+    status    TEXT    NOT NULL CHECK (status IN ('OPEN', 'ACKNOWLEDGED', 'RESOLVED')),
+    severity  INTEGER NOT NULL CHECK (severity BETWEEN 1 AND 4),
+    shard     INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    PRIMARY KEY (hour, status, severity, shard)
+);
+INSERT INTO alert_counts_by_hour (hour, status, severity, shard, n)
+    SELECT created_at / 3600000000, status, severity, 0, COUNT(*) FROM alerts
+    GROUP BY created_at / 3600000000, status, severity;
+
+CREATE TABLE IF NOT EXISTS alert_counts_by_hour_source (
+    hour         INTEGER NOT NULL,
+    source_name  TEXT    NOT NULL,
+    status       TEXT    NOT NULL CHECK (status IN ('OPEN', 'ACKNOWLEDGED', 'RESOLVED')),
+    shard        INTEGER NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (hour, source_name, status, shard)
+);
+INSERT INTO alert_counts_by_hour_source (hour, source_name, status, shard, n)
+    SELECT created_at / 3600000000, source_name, status, 0, COUNT(*) FROM alerts
+    GROUP BY created_at / 3600000000, source_name, status;
+
+CREATE TABLE IF NOT EXISTS alert_counts_by_hour_type (
+    hour        INTEGER NOT NULL,
+    event_type  TEXT    NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN ('OPEN', 'ACKNOWLEDGED', 'RESOLVED')),
+    shard       INTEGER NOT NULL,
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (hour, event_type, status, shard)
+);
+INSERT INTO alert_counts_by_hour_type (hour, event_type, status, shard, n)
+    SELECT created_at / 3600000000, event_type, status, 0, COUNT(*) FROM alerts
+    GROUP BY created_at / 3600000000, event_type, status;

@@ -37,6 +37,23 @@ impl CountKey for (&str, &str, i16) {
     }
 }
 
+impl CountKey for (i64, &str, i16) {
+    fn values(&self) -> Vec<Value> {
+        vec![Value::Int(self.0), self.1.into(), Value::SmallInt(self.2)]
+    }
+}
+
+impl CountKey for (i64, &str, &str) {
+    fn values(&self) -> Vec<Value> {
+        vec![Value::Int(self.0), self.1.into(), self.2.into()]
+    }
+}
+
+/// The hour of creation the `alert_counts_by_hour*` tables count an alert in.
+pub(super) fn creation_hour(created_at_micros: i64) -> i64 {
+    created_at_micros.div_euclid(3_600_000_000)
+}
+
 /// Appends to `upserts` the statements that add the counts of `delta` (keys in order) to
 /// shard `shard` of counts table `table`, whose key columns are `keys`: `INSERT … VALUES (…),
 /// (…) ON CONFLICT (keys…, shard) DO UPDATE SET n = table.n + excluded.n`, in the statement
@@ -125,18 +142,32 @@ pub(super) struct AlertCountDelta<'a> {
     by_status: BTreeMap<(&'a str, i16), i64>,
     by_type: BTreeMap<(&'a str, &'a str, i16), i64>,
     by_source: BTreeMap<(&'a str, &'a str, i16), i64>,
+    by_hour: BTreeMap<(i64, &'a str, i16), i64>,
+    by_hour_source: BTreeMap<(i64, &'a str, &'a str), i64>,
+    by_hour_type: BTreeMap<(i64, &'a str, &'a str), i64>,
 }
 
 impl<'a> AlertCountDelta<'a> {
-    /// Adds `n` (negative to take away) alerts with this status, severity, type and sensor.
+    /// Adds `n` (negative to take away) alerts with this status, severity, type and sensor,
+    /// created in `hour` (see [`creation_hour`]).
     pub(super) fn add(
         &mut self,
         status: &'a str,
         severity: i16,
         event_type: &'a str,
         source_name: &'a str,
+        hour: i64,
         n: i64,
     ) {
+        *self.by_hour.entry((hour, status, severity)).or_default() += n;
+        *self
+            .by_hour_source
+            .entry((hour, source_name, status))
+            .or_default() += n;
+        *self
+            .by_hour_type
+            .entry((hour, event_type, status))
+            .or_default() += n;
         *self.by_status.entry((status, severity)).or_default() += n;
         *self
             .by_type
@@ -146,6 +177,19 @@ impl<'a> AlertCountDelta<'a> {
             .by_source
             .entry((source_name, status, severity))
             .or_default() += n;
+    }
+
+    /// Moves one alert from the counts of its old (status, severity) to its new.
+    pub(super) fn moved(
+        &mut self,
+        from: (&'a str, i16),
+        to: (&'a str, i16),
+        event_type: &'a str,
+        source_name: &'a str,
+        hour: i64,
+    ) {
+        self.add(from.0, from.1, event_type, source_name, hour, -1);
+        self.add(to.0, to.1, event_type, source_name, hour, 1);
     }
 
     /// The upserts that add this delta to `shard`: nothing when it is empty.
@@ -171,6 +215,27 @@ impl<'a> AlertCountDelta<'a> {
             &["source_name", "status", "severity"],
             shard,
             &self.by_source,
+        );
+        push_upserts(
+            &mut upserts,
+            "alert_counts_by_hour",
+            &["hour", "status", "severity"],
+            shard,
+            &self.by_hour,
+        );
+        push_upserts(
+            &mut upserts,
+            "alert_counts_by_hour_source",
+            &["hour", "source_name", "status"],
+            shard,
+            &self.by_hour_source,
+        );
+        push_upserts(
+            &mut upserts,
+            "alert_counts_by_hour_type",
+            &["hour", "event_type", "status"],
+            shard,
+            &self.by_hour_type,
         );
         upserts
     }
@@ -236,12 +301,11 @@ mod tests {
     #[test]
     fn upserts_add_to_every_key_of_the_shard_in_key_order() {
         let mut moved = AlertCountDelta::default();
-        moved.add("OPEN", 3, "login", "fw", -1);
-        moved.add("ACKNOWLEDGED", 3, "login", "fw", 1);
+        moved.moved(("OPEN", 3), ("ACKNOWLEDGED", 3), "login", "fw", 491_000);
         let upserts = moved.upserts::<Postgres>(7);
-        // Two keys in each of the three tables, sent as statements of one row (1 and 4 are
+        // Two keys in each of the six tables, sent as statements of one row (1 and 4 are
         // statement sizes, 2 is not).
-        assert_eq!(upserts.len(), 6);
+        assert_eq!(upserts.len(), 12);
         assert_eq!(
             upserts[0].sql().as_str(),
             "INSERT INTO alert_counts (status, severity, shard, n) VALUES ($1, $2, $3, $4) \

@@ -36,8 +36,9 @@ use sqlx::sqlite::{
 };
 
 pub use alerts::{
-    AlertChange, AlertFilter, AlertOrdering, AlertUpdate, AssigneeFilter, BulkUpdate, ChangeKind,
-    CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, StatusChange, StatusUpdate,
+    AlertChange, AlertFilter, AlertOrdering, AlertSummary, AlertUpdate, AssigneeFilter, BulkUpdate,
+    ChangeKind, CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, SourceCount,
+    StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount,
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use users::{NewUser, UserChanges};

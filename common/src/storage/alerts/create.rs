@@ -18,7 +18,7 @@ use super::{
     AlertRow, CreatedAlerts, SELECT_ALERT, STATUS_CHANGE_COLUMNS, StatusChange, StatusChangeRow,
 };
 use crate::domain::{Alert, AlertStatus, Event, FoldKey, Severity, to_micros};
-use crate::storage::counts::{AlertCountDelta, CountShards};
+use crate::storage::counts::{AlertCountDelta, CountShards, creation_hour};
 use crate::storage::sql::{BindValue, Value, in_list_chunks, push_tuple};
 use crate::storage::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, pg_chunks};
 
@@ -370,6 +370,8 @@ struct Bump {
     target: FoldTarget,
     event_type: String,
     source_name: String,
+    /// When the alert was made (micros): the hour its counts are kept in.
+    created_at: i64,
     count: i64,
     first_seen: i64,
     last_seen: i64,
@@ -600,6 +602,7 @@ impl Storage {
                                     target,
                                     event_type: row.event_type.clone(),
                                     source_name: row.source_name.clone(),
+                                    created_at: row.created_at,
                                     count: run.len() as i64,
                                     first_seen: run
                                         .iter()
@@ -663,6 +666,7 @@ impl Storage {
                         alert.severity.rank(),
                         &alert.first.event_type,
                         &alert.first.source_name,
+                        creation_hour(now),
                         1,
                     );
                 }
@@ -705,20 +709,12 @@ impl Storage {
             for bump in &bumps {
                 if bump.raised_by.is_some() {
                     raises.push(bump);
-                    let (old, new) = (bump.target.status, bump.status());
-                    added.add(
-                        old.as_str(),
-                        bump.target.severity.rank(),
+                    added.moved(
+                        (bump.target.status.as_str(), bump.target.severity.rank()),
+                        (bump.status().as_str(), bump.severity.rank()),
                         &bump.event_type,
                         &bump.source_name,
-                        -1,
-                    );
-                    added.add(
-                        new.as_str(),
-                        bump.severity.rank(),
-                        &bump.event_type,
-                        &bump.source_name,
-                        1,
+                        creation_hour(bump.created_at),
                     );
                 }
             }

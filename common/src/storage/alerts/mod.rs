@@ -6,10 +6,12 @@
 mod create;
 mod notes;
 mod status;
+mod summary;
 
 pub use create::Folding;
 pub use notes::{MAX_NOTE_TEXT_CHARS, Note};
 pub use status::{AlertChange, AlertUpdate, BulkUpdate, Refusal};
+pub use summary::{AlertSummary, SourceCount, StatusCounts, SummaryCounts, TypeCount};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -12,7 +12,7 @@ use super::{
     StatusUpdate,
 };
 use crate::domain::{Alert, AlertStatus, CloseReason, to_micros};
-use crate::storage::counts::{AlertCountDelta, CountShards};
+use crate::storage::counts::{AlertCountDelta, CountShards, creation_hour};
 use crate::storage::sql::{Value, in_list_chunks, push_tuple};
 use crate::storage::{Storage, StorageError, fixed_shape_chunks, in_write_transaction, on_pool};
 
@@ -270,19 +270,12 @@ impl Storage {
             if to != current.status {
                 let severity = current.severity.rank();
                 let mut moved = AlertCountDelta::default();
-                moved.add(
-                    current.status.as_str(),
-                    severity,
+                moved.moved(
+                    (current.status.as_str(), severity),
+                    (to.as_str(), severity),
                     &current.event_type,
                     &current.source_name,
-                    -1,
-                );
-                moved.add(
-                    to.as_str(),
-                    severity,
-                    &current.event_type,
-                    &current.source_name,
-                    1,
+                    creation_hour(to_micros(current.created_at)),
                 );
                 let shard = <Db as CountShards>::claim_count_shard(&mut tx).await?;
                 for mut upsert in moved.upserts::<Db>(shard) {
@@ -431,19 +424,12 @@ impl Storage {
             for (alert, plan) in &planned {
                 if plan.status != alert.status {
                     let severity = alert.severity.rank();
-                    moved.add(
-                        alert.status.as_str(),
-                        severity,
+                    moved.moved(
+                        (alert.status.as_str(), severity),
+                        (plan.status.as_str(), severity),
                         &alert.event_type,
                         &alert.source_name,
-                        -1,
-                    );
-                    moved.add(
-                        plan.status.as_str(),
-                        severity,
-                        &alert.event_type,
-                        &alert.source_name,
-                        1,
+                        creation_hour(to_micros(alert.created_at)),
                     );
                 }
             }
