@@ -97,7 +97,7 @@ pub enum AlertUpdate {
 }
 
 /// What an alert becomes under a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Planned {
     status: AlertStatus,
     close_reason: Option<CloseReason>,
@@ -350,24 +350,18 @@ impl Storage {
             }
             // One UPDATE per distinct outcome (there are few), so that every value is bound
             // with its type.
-            let mut by_outcome: BTreeMap<(&str, Option<&str>, Option<i64>), Vec<i64>> =
-                BTreeMap::new();
+            let mut by_outcome: BTreeMap<Planned, Vec<i64>> = BTreeMap::new();
             for (alert, plan) in &planned {
-                let key = (
-                    plan.status.as_str(),
-                    plan.close_reason.map(CloseReason::as_str),
-                    plan.assignee,
-                );
-                by_outcome.entry(key).or_default().push(alert.id);
+                by_outcome.entry(*plan).or_default().push(alert.id);
             }
-            for ((status, close_reason, assignee), ids) in &by_outcome {
+            for (plan, ids) in &by_outcome {
                 for chunk in fixed_shape_chunks(ids) {
                     let mut query = QueryBuilder::<Db>::new("UPDATE alerts SET status = ");
-                    query.push_bind(*status);
+                    query.push_bind(plan.status.as_str());
                     query.push(", close_reason = ");
-                    query.push_bind(*close_reason);
+                    query.push_bind(plan.close_reason.map(CloseReason::as_str));
                     query.push(", assignee = ");
-                    query.push_bind(*assignee);
+                    query.push_bind(plan.assignee);
                     query.push(", version = version + 1, updated_at = ");
                     query.push_bind(now);
                     query.push(" WHERE id IN ");
