@@ -1,4 +1,4 @@
-//! `threatctl alerts`, `ack` and `resolve`: alerts over the REST API.
+//! `threatctl alerts`, `ack`, `resolve` and `reopen`: alerts over the REST API.
 
 use chrono::{DateTime, Utc};
 use common::config::parse_severity;
@@ -62,6 +62,11 @@ pub struct ChangeArgs {
     #[arg(long)]
     note: Option<String>,
 
+    /// With resolve: why it is closed (true_positive, false_positive, benign, duplicate,
+    /// other).
+    #[arg(long, value_name = "CLOSE_REASON")]
+    reason: Option<String>,
+
     /// Print the updated alert as JSON.
     #[arg(long)]
     json: bool,
@@ -104,18 +109,22 @@ pub fn table(alerts: &[Value]) -> String {
     let header = [
         "ID",
         "CREATED (UTC)",
+        "LAST SEEN (UTC)",
+        "COUNT",
         "SEVERITY",
         "STATUS",
         "TYPE",
         "SOURCE",
     ]
     .map(str::to_owned);
-    let rows: Vec<[String; 6]> = alerts
+    let rows: Vec<[String; 8]> = alerts
         .iter()
         .map(|alert| {
             [
                 text(alert, "id"),
                 time(alert, "created_at"),
+                time(alert, "last_seen_at"),
+                text(alert, "count"),
                 text(alert, "severity"),
                 text(alert, "status"),
                 text(alert, "eventType"),
@@ -193,6 +202,9 @@ pub async fn change(args: ChangeArgs, status: AlertStatus) -> Result<(), Error> 
     if let Some(note) = &args.note {
         body["note"] = json!(note);
     }
+    if let Some(reason) = &args.reason {
+        body["close_reason"] = json!(reason);
+    }
     let alert = session
         .call(
             Method::PATCH,
@@ -232,15 +244,17 @@ mod tests {
     fn alerts_print_as_an_aligned_table() {
         let alerts = [
             json!({"id": 7, "created_at": "2026-11-28T10:00:00.5Z", "severity": "HIGH",
+                   "last_seen_at": "2026-11-28T10:30:00Z", "count": 41,
                    "status": "OPEN", "eventType": "port_scan", "sourceName": "fw-edge-01"}),
             json!({"id": 12, "created_at": "2026-11-28T11:00:00+01:00", "severity": "CRITICAL",
+                   "last_seen_at": "2026-11-28T10:00:00Z", "count": 1,
                    "status": "ACKNOWLEDGED", "eventType": "c2_beacon", "sourceName": "ids-core-01"}),
         ];
         assert_eq!(
             table(&alerts),
-            "ID  CREATED (UTC)        SEVERITY  STATUS        TYPE       SOURCE\n\
-             7   2026-11-28 10:00:00  HIGH      OPEN          port_scan  fw-edge-01\n\
-             12  2026-11-28 10:00:00  CRITICAL  ACKNOWLEDGED  c2_beacon  ids-core-01\n"
+            "ID  CREATED (UTC)        LAST SEEN (UTC)      COUNT  SEVERITY  STATUS        TYPE       SOURCE\n\
+             7   2026-11-28 10:00:00  2026-11-28 10:30:00  41     HIGH      OPEN          port_scan  fw-edge-01\n\
+             12  2026-11-28 10:00:00  2026-11-28 10:00:00  1      CRITICAL  ACKNOWLEDGED  c2_beacon  ids-core-01\n"
         );
     }
 }

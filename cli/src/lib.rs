@@ -1,6 +1,7 @@
 //! `threatctl`: threatmon from a shell. Publish events as a sensor would (one, a file of
 //! JSON lines, or generated load), follow alerts live from the ALERTS stream, and log in to
-//! the REST API to list, acknowledge and resolve alerts.
+//! the REST API to list, acknowledge, resolve, reopen, annotate, assign and bulk-change
+//! alerts and see their summary.
 //!
 //! `main.rs` only calls [`main`]; each command is a module with its clap arguments and a
 //! `run`. A failure prints one line, `threatctl: <what went wrong>`, and exits non-zero
@@ -15,6 +16,7 @@ mod publish;
 mod session;
 mod signal;
 mod tail;
+mod triage;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,7 @@ pub use nats::NatsArgs;
 pub use publish::{PublishArgs, Summary};
 pub use session::{LoginArgs, TokenFileArgs, Tokens, describe_error_body};
 pub use tail::{TailArgs, json_line, readable_line, subject_matches};
+pub use triage::{AssignArgs, BulkArgs, NoteArgs, SummaryArgs, summary_text};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -61,6 +64,17 @@ enum Command {
                       on alerts.updated.resolved. Prints the alert's new state."
     )]
     Resolve(ChangeArgs),
+    #[command(
+        about = "Reopen an alert: its status becomes OPEN again (admins only)",
+        long_about = "Reopen an alert: its status becomes OPEN again (admins only).\n\n\
+                      Its close reason is cleared. The change and the note are recorded in the \
+                      alert's history and published on alerts.updated.open."
+    )]
+    Reopen(ChangeArgs),
+    Note(NoteArgs),
+    Assign(AssignArgs),
+    Bulk(BulkArgs),
+    Summary(SummaryArgs),
 }
 
 /// Runs a parsed command line.
@@ -72,6 +86,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Alerts(args) => alerts::list(args).await,
         Command::Ack(args) => alerts::change(args, AlertStatus::Acknowledged).await,
         Command::Resolve(args) => alerts::change(args, AlertStatus::Resolved).await,
+        Command::Reopen(args) => alerts::change(args, AlertStatus::Open).await,
+        Command::Note(args) => triage::note(args).await,
+        Command::Assign(args) => triage::assign(args).await,
+        Command::Bulk(args) => triage::bulk(args).await,
+        Command::Summary(args) => triage::summary(args).await,
     }
 }
 

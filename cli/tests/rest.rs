@@ -333,3 +333,123 @@ async fn refusals_are_one_line_with_the_apis_words() {
 
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn note_assign_reopen_bulk_and_summary() {
+    let api = Api::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let tokens = token_file(home.path());
+    let id = api.alert_id.to_string();
+    login(&api, home.path(), &tokens, "olivia", &password_of("olivia")).await;
+    let users = api.state.storage.list_users(10, 0).await.unwrap();
+    let olivia = users.iter().find(|u| u.username == "olivia").unwrap();
+    let cmd = |args: &[&str]| threatctl_with(home.path(), &tokens, args);
+
+    let out = run(cmd(&["note", &id, "called the owner"]), None).await;
+    assert!(
+        out.ok().contains(&format!("added to alert {id}")),
+        "{out:?}"
+    );
+    assert_eq!(
+        api.state.storage.notes(api.alert_id).await.unwrap()[0].text,
+        "called the owner"
+    );
+
+    let out = run(cmd(&["assign", &id, &olivia.id.to_string()]), None).await;
+    assert_eq!(
+        out.ok().trim(),
+        format!("alert {id} is assigned to user {}", olivia.id)
+    );
+    let alert = api
+        .state
+        .storage
+        .alert_by_id(api.alert_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alert.assignee, Some(olivia.id));
+
+    let out = run(cmd(&["resolve", &id, "--reason", "benign"]), None).await;
+    assert!(out.ok().contains("is RESOLVED"), "{out:?}");
+    let alert = api
+        .state
+        .storage
+        .alert_by_id(api.alert_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alert.close_reason.map(|r| r.as_str()), Some("benign"));
+    let out = run(cmd(&["ack", &id]), None).await;
+    assert!(
+        out.one_line_error()
+            .contains("Cannot change status from RESOLVED to ACKNOWLEDGED"),
+        "{out:?}"
+    );
+    let out = run(cmd(&["reopen", &id]), None).await;
+    assert!(out.ok().contains("is OPEN"), "{out:?}");
+
+    // Not a terminal: a bulk action shows what it would do and needs --yes.
+    let out = run(
+        cmd(&["bulk", "acknowledge", "--filter", "status=OPEN"]),
+        None,
+    )
+    .await;
+    assert!(
+        out.one_line_error()
+            .contains("this would acknowledge 1 alerts: pass --yes"),
+        "{out:?}"
+    );
+    assert_eq!(api.status().await, AlertStatus::Open);
+    let out = run(
+        cmd(&["bulk", "acknowledge", "--ids", &id, "--dry-run"]),
+        None,
+    )
+    .await;
+    assert_eq!(out.ok().trim(), "this would acknowledge 1 alerts");
+    let out = run(
+        cmd(&[
+            "bulk",
+            "acknowledge",
+            "--filter",
+            "status=OPEN",
+            "--note",
+            "triage",
+            "--yes",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        out.ok().lines().next(),
+        Some("1 of 1 alerts changed, 0 skipped")
+    );
+    assert_eq!(api.status().await, AlertStatus::Acknowledged);
+    let out = run(cmd(&["bulk", "acknowledge", "--ids", &id, "--yes"]), None).await;
+    assert!(
+        out.ok()
+            .contains(&format!("alert {id}: Nothing to change.")),
+        "{out:?}"
+    );
+
+    let out = run(cmd(&["summary"]), None).await;
+    let text = out.ok();
+    assert!(
+        text.contains("  ACKNOWLEDGED         0        0        1        0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("top sensors (unresolved): fw-edge-01 1"),
+        "{text}"
+    );
+    let out = run(cmd(&["summary", "--json"]), None).await;
+    let summary: Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(summary["by_status"]["ACKNOWLEDGED"]["HIGH"], 1);
+
+    let out = run(cmd(&["alerts"]), None).await;
+    let header = out.ok().lines().next().unwrap_or_default().to_owned();
+    assert!(
+        header.contains("LAST SEEN (UTC)") && header.contains("COUNT"),
+        "{header}"
+    );
+    api.stop().await;
+}
