@@ -344,6 +344,45 @@ impl Params {
         }
     }
 
+    /// Any of a fixed set of values, comma-separated (`OPEN,ACKNOWLEDGED`); empty when not
+    /// given.
+    pub fn choices<T>(&mut self, name: &str) -> Vec<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let Some(value) = self.get(name).map(str::to_owned) else {
+            return Vec::new();
+        };
+        let mut chosen = Vec::new();
+        for item in value
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            match item.parse::<T>() {
+                Ok(parsed) => chosen.push(parsed),
+                Err(err) => self
+                    .errors
+                    .add(name, format!("Select a valid choice. {err}")),
+            }
+        }
+        chosen
+    }
+
+    /// Exact-match text filters, comma-separated; empty when not given.
+    pub fn texts(&mut self, name: &str) -> Vec<String> {
+        let Some(value) = self.text(name) else {
+            return Vec::new();
+        };
+        // Names are matched exactly: only the commas split them.
+        value
+            .split(',')
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// A date-time: RFC 3339, or a naive date-time or date taken as UTC.
     pub fn datetime(&mut self, name: &str) -> Option<DateTime<Utc>> {
         let value = self.get(name)?.trim().to_owned();

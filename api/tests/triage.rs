@@ -630,7 +630,7 @@ async fn a_bulk_resolve_by_filter_changes_ten_thousand_alerts_at_once_and_refuse
     assert_eq!(preview.json["matched"], 10_001);
     assert_eq!(preview.json["first_ids"].as_array().unwrap().len(), 20);
     let open = common::storage::AlertFilter {
-        status: Some(common::domain::AlertStatus::Open),
+        status: vec![common::domain::AlertStatus::Open],
         ..Default::default()
     };
     assert_eq!(
@@ -650,8 +650,8 @@ async fn a_bulk_resolve_by_filter_changes_ten_thousand_alerts_at_once_and_refuse
     assert_eq!(done.json["skipped"], json!([]));
     assert_eq!(storage.count_alerts_matching(&open).await.unwrap(), 1);
     let resolved = common::storage::AlertFilter {
-        status: Some(common::domain::AlertStatus::Resolved),
-        source_name: Some("fw-bulk".into()),
+        status: vec![common::domain::AlertStatus::Resolved],
+        source_name: vec!["fw-bulk".into()],
         ..Default::default()
     };
     assert_eq!(
@@ -716,4 +716,59 @@ async fn the_summary_counts_alerts_per_status_and_severity_and_names_the_busiest
     assert_ne!(resp.json["by_status"]["OPEN"], zeros);
     let anonymous = api.call("GET", "/api/alerts/summary/", None, None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn list_filters_take_several_values_and_the_new_orderings() {
+    let api = TestApi::start().await;
+    let (_, token) = api.user_with_token("admin", Role::Admin).await;
+    let open = alert_in(&api, &token, "m-open", "OPEN").await;
+    let acked = alert_in(&api, &token, "m-acked", "ACKNOWLEDGED").await;
+    alert_in(&api, &token, "m-resolved", "RESOLVED").await;
+    let list = |query: &'static str| {
+        let api = &api;
+        let token = token.clone();
+        async move {
+            api.call("GET", &format!("/api/alerts/?{query}"), Some(&token), None)
+                .await
+        }
+    };
+    let unresolved = list("status=OPEN,ACKNOWLEDGED").await;
+    assert_eq!(unresolved.status, StatusCode::OK, "{}", unresolved.text);
+    assert_eq!(unresolved.json["count"], 2);
+    let ids: Vec<i64> = unresolved.json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [acked, open]);
+    assert_eq!(
+        list("severity=HIGH,CRITICAL&sourceName=fw,other")
+            .await
+            .json["count"],
+        3
+    );
+    assert_eq!(list("event__severity=LOW,MEDIUM").await.json["count"], 0);
+    assert_eq!(
+        list("eventType=port_scan,nothing&status=RESOLVED")
+            .await
+            .json["count"],
+        1
+    );
+    let bad = list("status=OPEN,SHUT").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.json["status"].is_array(), "{}", bad.text);
+    for ordering in ["last_seen_at", "-last_seen_at", "count", "-count"] {
+        let resp = api
+            .call(
+                "GET",
+                &format!("/api/alerts/?ordering={ordering}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{ordering}: {}", resp.text);
+        assert_eq!(resp.json["count"], 3);
+    }
 }

@@ -118,8 +118,8 @@ async fn assert_counts_tables_match_rows(storage: &Storage) {
     for status in AlertStatus::ALL {
         for severity in Severity::ALL {
             let table = AlertFilter {
-                status: Some(status),
-                severity: Some(severity),
+                status: vec![status],
+                severity: vec![severity],
                 ..AlertFilter::default()
             };
             // A time filter makes the count walk the rows.

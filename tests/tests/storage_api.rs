@@ -17,11 +17,15 @@ use testkit::TestDb;
 const SEEDED: i64 = 60;
 const SOURCES: [&str; 3] = ["ids-core", "fw-edge", "edr"];
 const TYPES: [&str; 5] = ["brute_force", "port_scan", "malware", "phishing", "dos"];
-const ORDERINGS: [AlertOrdering; 4] = [
+const ORDERINGS: [AlertOrdering; 8] = [
     AlertOrdering::NewestFirst,
     AlertOrdering::OldestFirst,
     AlertOrdering::SeverityAscending,
     AlertOrdering::SeverityDescending,
+    AlertOrdering::LastSeenAscending,
+    AlertOrdering::LastSeenDescending,
+    AlertOrdering::CountAscending,
+    AlertOrdering::CountDescending,
 ];
 
 /// A fixed instant (whole seconds, so that it survives microsecond storage unchanged).
@@ -138,17 +142,16 @@ fn event_matches(event: &Event, filter: &EventFilter) -> bool {
         && filter.created_to.is_none_or(|t| event.created_at <= t)
 }
 
+/// Whether `value` is one of `allowed`, or `allowed` is empty (no filter).
+fn any_of<T: PartialEq>(allowed: &[T], value: &T) -> bool {
+    allowed.is_empty() || allowed.contains(value)
+}
+
 fn alert_matches(alert: &Alert, filter: &AlertFilter) -> bool {
-    filter.status.is_none_or(|s| alert.status == s)
-        && filter.severity.is_none_or(|s| alert.severity == s)
-        && filter
-            .event_type
-            .as_ref()
-            .is_none_or(|t| &alert.event_type == t)
-        && filter
-            .source_name
-            .as_ref()
-            .is_none_or(|s| &alert.source_name == s)
+    any_of(&filter.status, &alert.status)
+        && any_of(&filter.severity, &alert.severity)
+        && any_of(&filter.event_type, &alert.event_type)
+        && any_of(&filter.source_name, &alert.source_name)
         && filter.created_from.is_none_or(|t| alert.created_at >= t)
         && filter.created_to.is_none_or(|t| alert.created_at <= t)
 }
@@ -176,6 +179,14 @@ fn expected_alerts(all: &[Alert], filter: &AlertFilter, ordering: AlertOrdering)
         AlertOrdering::OldestFirst => a.id.cmp(&b.id),
         AlertOrdering::SeverityAscending => a.severity.cmp(&b.severity).then(b.id.cmp(&a.id)),
         AlertOrdering::SeverityDescending => b.severity.cmp(&a.severity).then(b.id.cmp(&a.id)),
+        AlertOrdering::LastSeenAscending => {
+            a.last_seen_at.cmp(&b.last_seen_at).then(b.id.cmp(&a.id))
+        }
+        AlertOrdering::LastSeenDescending => {
+            b.last_seen_at.cmp(&a.last_seen_at).then(b.id.cmp(&a.id))
+        }
+        AlertOrdering::CountAscending => a.count.cmp(&b.count).then(b.id.cmp(&a.id)),
+        AlertOrdering::CountDescending => b.count.cmp(&a.count).then(b.id.cmp(&a.id)),
     });
     alerts
 }
@@ -746,32 +757,59 @@ async fn alert_filters_match_alone_and_combined_in_every_ordering() {
     let mut cases: Vec<(AlertFilter, i64)> = vec![(AlertFilter::default(), SEEDED)];
     for status in AlertStatus::ALL {
         let filter = AlertFilter {
-            status: Some(status),
+            status: vec![status],
             ..AlertFilter::default()
         };
         cases.push((filter, 20));
     }
     for severity in Severity::ALL {
         let filter = AlertFilter {
-            severity: Some(severity),
+            severity: vec![severity],
             ..AlertFilter::default()
         };
         cases.push((filter, 15));
     }
     for source in SOURCES {
         let filter = AlertFilter {
-            source_name: Some(source.into()),
+            source_name: vec![source.into()],
             ..AlertFilter::default()
         };
         cases.push((filter, 20));
     }
     for event_type in TYPES {
         let filter = AlertFilter {
-            event_type: Some(event_type.into()),
+            event_type: vec![event_type.into()],
             ..AlertFilter::default()
         };
         cases.push((filter, 12));
     }
+    // Several values: any of them.
+    cases.extend([
+        (
+            AlertFilter {
+                status: vec![AlertStatus::Open, AlertStatus::Acknowledged],
+                ..AlertFilter::default()
+            },
+            40,
+        ),
+        (
+            AlertFilter {
+                severity: vec![Severity::High, Severity::Critical],
+                source_name: vec![SOURCES[0].into(), SOURCES[1].into()],
+                ..AlertFilter::default()
+            },
+            expected_alerts(
+                &all,
+                &AlertFilter {
+                    severity: vec![Severity::High, Severity::Critical],
+                    source_name: vec![SOURCES[0].into(), SOURCES[1].into()],
+                    ..AlertFilter::default()
+                },
+                AlertOrdering::NewestFirst,
+            )
+            .len() as i64,
+        ),
+    ]);
     cases.extend([
         (
             AlertFilter {
@@ -798,18 +836,18 @@ async fn alert_filters_match_alone_and_combined_in_every_ordering() {
         (
             // i ∈ {6, 18, 30, 42, 54}, all i % 3 == 0: all still OPEN.
             AlertFilter {
-                status: Some(AlertStatus::Open),
-                severity: Some(Severity::High),
-                source_name: Some("ids-core".into()),
+                status: vec![AlertStatus::Open],
+                severity: vec![Severity::High],
+                source_name: vec!["ids-core".into()],
                 ..AlertFilter::default()
             },
             5,
         ),
         (
             AlertFilter {
-                status: Some(AlertStatus::Resolved),
-                severity: Some(Severity::High),
-                source_name: Some("ids-core".into()),
+                status: vec![AlertStatus::Resolved],
+                severity: vec![Severity::High],
+                source_name: vec!["ids-core".into()],
                 ..AlertFilter::default()
             },
             0,
@@ -817,9 +855,9 @@ async fn alert_filters_match_alone_and_combined_in_every_ordering() {
         (
             // i ≡ 1 (mod 3), i ≡ 3 (mod 4): i ∈ {7, 19, 31, 43, 55}; then i ≡ 0 (mod 5): 55.
             AlertFilter {
-                status: Some(AlertStatus::Acknowledged),
-                severity: Some(Severity::Critical),
-                event_type: Some("brute_force".into()),
+                status: vec![AlertStatus::Acknowledged],
+                severity: vec![Severity::Critical],
+                event_type: vec!["brute_force".into()],
                 ..AlertFilter::default()
             },
             1,
@@ -827,8 +865,8 @@ async fn alert_filters_match_alone_and_combined_in_every_ordering() {
         (
             // i ∈ {7, 19, 31, 43, 55} are stamped minutes 49, 13, 37, 1, 25.
             AlertFilter {
-                status: Some(AlertStatus::Acknowledged),
-                severity: Some(Severity::Critical),
+                status: vec![AlertStatus::Acknowledged],
+                severity: vec![Severity::Critical],
                 created_from: Some(at(13)),
                 created_to: Some(at(37)),
                 ..AlertFilter::default()
@@ -837,7 +875,7 @@ async fn alert_filters_match_alone_and_combined_in_every_ordering() {
         ),
         (
             AlertFilter {
-                source_name: Some("edr' OR 1=1 --".into()),
+                source_name: vec!["edr' OR 1=1 --".into()],
                 ..AlertFilter::default()
             },
             0,
@@ -904,7 +942,7 @@ async fn alert_orderings_sort_as_named_and_page_without_overlap_or_gap() {
     assert_eq!(descending[0].severity, Severity::Critical);
 
     let filtered = AlertFilter {
-        status: Some(AlertStatus::Open),
+        status: vec![AlertStatus::Open],
         created_to: Some(at(50)),
         ..AlertFilter::default()
     };
@@ -1156,13 +1194,19 @@ async fn concurrent_status_changes_of_one_alert_both_apply_in_an_unbroken_chain(
     // Several rounds, each on a fresh alert, to give a race a chance to show.
     for round in 0..8 {
         let alert = one_alert(&storage, &format!("race-{round}"), at(1)).await;
+        // From ACKNOWLEDGED both moves are allowed in either order (from OPEN, RESOLVED first
+        // would make ACKNOWLEDGED a refused move).
+        storage
+            .change_alert_status(alert.id, AlertStatus::Acknowledged, alice.id, None, at(1))
+            .await
+            .unwrap();
 
         let (ack, resolve) = tokio::join!(
             storage.change_alert_status(
                 alert.id,
-                AlertStatus::Acknowledged,
+                AlertStatus::Open,
                 alice.id,
-                Some("ack"),
+                Some("reopen"),
                 at(2)
             ),
             storage.change_alert_status(
@@ -1174,10 +1218,11 @@ async fn concurrent_status_changes_of_one_alert_both_apply_in_an_unbroken_chain(
             ),
         );
 
-        let ack = ack.unwrap().unwrap().change.expect("ACKNOWLEDGED recorded");
+        let ack = ack.unwrap().unwrap().change.expect("OPEN recorded");
         let resolve = resolve.unwrap().unwrap().change.expect("RESOLVED recorded");
-        let history = storage.status_history(alert.id).await.unwrap();
-        assert_eq!(history.len(), 3, "round {round}: {history:#?}");
+        let mut history = storage.status_history(alert.id).await.unwrap();
+        assert_eq!(history.len(), 4, "round {round}: {history:#?}");
+        assert_eq!(history[1].to_status, AlertStatus::Acknowledged);
         assert_eq!(history[0].to_status, AlertStatus::Open);
         for pair in history.windows(2) {
             assert_eq!(
@@ -1186,6 +1231,8 @@ async fn concurrent_status_changes_of_one_alert_both_apply_in_an_unbroken_chain(
                 "round {round}: {history:#?}"
             );
         }
+        // The acknowledgement before the race is not one of the two.
+        history.remove(1);
         let mut recorded = vec![history[1].clone(), history[2].clone()];
         recorded.sort_by_key(|c| c.id);
         let mut returned = vec![ack, resolve];

@@ -93,6 +93,18 @@ pub enum AlertOrderingParam {
     /// CRITICAL first.
     #[serde(rename = "-severity")]
     SeverityDescending,
+    /// Longest quiet first.
+    #[serde(rename = "last_seen_at")]
+    LastSeenAt,
+    /// Most recently seen first.
+    #[serde(rename = "-last_seen_at")]
+    LastSeenAtDescending,
+    /// Fewest folded events first.
+    #[serde(rename = "count")]
+    Count,
+    /// Most folded events first.
+    #[serde(rename = "-count")]
+    CountDescending,
 }
 
 fn ordering(params: &mut Params) -> AlertOrdering {
@@ -102,9 +114,14 @@ fn ordering(params: &mut Params) -> AlertOrdering {
         Some("created_at") => AlertOrdering::OldestFirst,
         Some("severity") => AlertOrdering::SeverityAscending,
         Some("-severity") => AlertOrdering::SeverityDescending,
+        Some("last_seen_at") => AlertOrdering::LastSeenAscending,
+        Some("-last_seen_at") => AlertOrdering::LastSeenDescending,
+        Some("count") => AlertOrdering::CountAscending,
+        Some("-count") => AlertOrdering::CountDescending,
         Some(other) => {
             let message = format!(
-                "\"{other}\" is not a valid ordering: use created_at, -created_at, severity or -severity."
+                "\"{other}\" is not a valid ordering: use created_at, -created_at, severity, \
+                 -severity, last_seen_at, -last_seen_at, count or -count."
             );
             params.error("ordering", message);
             AlertOrdering::NewestFirst
@@ -131,13 +148,18 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
     };
     // Both spellings are checked (a bad one is a 400 even beside a good one);
     // `event__severity` wins when both are given.
-    let by_event = params.choice::<Severity>("event__severity");
-    let severity = by_event.or(params.choice::<Severity>("severity"));
+    let by_event = params.choices::<Severity>("event__severity");
+    let by_alert = params.choices::<Severity>("severity");
+    let severity = if by_event.is_empty() {
+        by_alert
+    } else {
+        by_event
+    };
     AlertFilter {
-        status: params.choice::<AlertStatus>("status"),
+        status: params.choices::<AlertStatus>("status"),
         severity,
-        event_type: params.text("eventType"),
-        source_name: params.text("sourceName"),
+        event_type: params.texts("eventType"),
+        source_name: params.texts("sourceName"),
         created_from: params.datetime("created_at__gte"),
         created_to: params.datetime("created_at__lte"),
         assignee,
@@ -147,15 +169,15 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
 /// Lists alerts, newest first unless `ordering` says otherwise; filters combine.
 #[utoipa::path(get, path = "/api/alerts/", tag = "alerts", security(("jwt" = [])),
     params(
-        ("status" = Option<AlertStatus>, Query, description = "Exact status"),
-        ("event__severity" = Option<Severity>, Query, description = "The event's severity"),
-        ("severity" = Option<Severity>, Query, description = "Same as event__severity"),
-        ("eventType" = Option<String>, Query, description = "Exact event type"),
-        ("sourceName" = Option<String>, Query, description = "Exact sensor name"),
+        ("status" = Option<String>, Query, pattern = r"^(OPEN|ACKNOWLEDGED|RESOLVED)(,(OPEN|ACKNOWLEDGED|RESOLVED))*$", description = "Any of these statuses, comma-separated (`OPEN,ACKNOWLEDGED`)"),
+        ("event__severity" = Option<String>, Query, pattern = r"^(LOW|MEDIUM|HIGH|CRITICAL)(,(LOW|MEDIUM|HIGH|CRITICAL))*$", description = "Any of these severities, comma-separated (`HIGH,CRITICAL`)"),
+        ("severity" = Option<String>, Query, pattern = r"^(LOW|MEDIUM|HIGH|CRITICAL)(,(LOW|MEDIUM|HIGH|CRITICAL))*$", description = "Same as event__severity"),
+        ("eventType" = Option<String>, Query, description = "Any of these event types (exact), comma-separated"),
+        ("sourceName" = Option<String>, Query, description = "Any of these sensors (exact), comma-separated"),
         ("created_at__gte" = Option<String>, Query, format = DateTime, description = "Raised at or after (RFC 3339)"),
         ("created_at__lte" = Option<String>, Query, format = DateTime, description = "Raised at or before (RFC 3339)"),
         ("assignee" = Option<String>, Query, pattern = r"^(me|none|[1-9][0-9]{0,17})$", description = "Owned by `me`, by `none` (nobody) or by this user id"),
-        ("ordering" = Option<AlertOrderingParam>, Query, description = "created_at, -created_at (default), severity, -severity"),
+        ("ordering" = Option<AlertOrderingParam>, Query, description = "created_at, -created_at (default), severity, -severity, last_seen_at, -last_seen_at, count, -count"),
         ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
         ("page_size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Items a page, at most 100"),
     ),

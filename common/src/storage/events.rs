@@ -73,9 +73,9 @@ impl ListFilter for EventFilter {
 
     fn conditions(&self) -> Vec<Condition> {
         shared_conditions(
-            self.severity,
-            self.source_name.as_deref(),
-            self.event_type.as_deref(),
+            self.severity.as_slice(),
+            self.source_name.as_slice(),
+            self.event_type.as_slice(),
             self.created_from,
             self.created_to,
         )

@@ -7,7 +7,7 @@ use sqlx::QueryBuilder;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::sql::{Condition, condition, push_where};
+use super::sql::{Condition, any_of, condition, push_where};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Severity, to_micros};
 
@@ -53,18 +53,19 @@ impl CountTables {
 }
 
 /// The conditions both lists take, in the order of their indexes' columns: severity, sensor,
-/// type, and an inclusive range of stored times.
+/// type (each any of the values given), and an inclusive range of stored times.
 pub(super) fn shared_conditions(
-    severity: Option<Severity>,
-    source_name: Option<&str>,
-    event_type: Option<&str>,
+    severity: &[Severity],
+    source_name: &[String],
+    event_type: &[String],
     created_from: Option<DateTime<Utc>>,
     created_to: Option<DateTime<Utc>>,
 ) -> impl Iterator<Item = Condition> {
+    let ranks: Vec<i16> = severity.iter().map(|s| s.rank()).collect();
     [
-        condition("severity", "=", severity.map(Severity::rank)),
-        condition("source_name", "=", source_name),
-        condition("event_type", "=", event_type),
+        any_of("severity", &ranks),
+        any_of("source_name", source_name),
+        any_of("event_type", event_type),
         condition("created_at", ">=", created_from.map(to_micros)),
         condition("created_at", "<=", created_to.map(to_micros)),
     ]

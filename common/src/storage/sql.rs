@@ -22,6 +22,8 @@ pub(super) enum Value {
     Bool(bool),
     /// `NULL`, written as such (for `IS NULL`), never bound.
     Null,
+    /// A list, `(…, …)`, each item bound (for `IN`).
+    List(Vec<Value>),
 }
 
 impl From<i64> for Value {
@@ -75,6 +77,10 @@ where
             Value::Text(v) => query.push_bind(v),
             Value::Bool(v) => query.push_bind(v),
             Value::Null => query.push("NULL"),
+            Value::List(items) => {
+                push_tuple(query, items);
+                query
+            }
         };
     }
 }
@@ -98,6 +104,22 @@ pub(super) fn condition<T: Into<Value>>(
         op,
         value: value.into(),
     })
+}
+
+/// `column = value` for one value, `column IN (…)` for several, nothing for none.
+pub(super) fn any_of<T: Clone + Into<Value>>(
+    column: &'static str,
+    values: &[T],
+) -> Option<Condition> {
+    match values {
+        [] => None,
+        [one] => condition(column, "=", Some(one.clone())),
+        many => condition(
+            column,
+            "IN",
+            Some(Value::List(many.iter().cloned().map(Into::into).collect())),
+        ),
+    }
 }
 
 /// Appends ` WHERE a = … AND b = …`; nothing when there are no conditions.

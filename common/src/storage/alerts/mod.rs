@@ -19,7 +19,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use super::listing::{CountTables, ListFilter, shared_conditions};
-use super::sql::{Condition, Value, condition};
+use super::sql::{Condition, Value, any_of, condition};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Alert, AlertStatus, CloseReason, Severity, from_micros};
 use serde_json::Map;
@@ -113,14 +113,14 @@ pub enum ChangeKind {
 /// default matches every alert.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertFilter {
-    /// Exactly this status.
-    pub status: Option<AlertStatus>,
-    /// Exactly this severity.
-    pub severity: Option<Severity>,
-    /// Exactly this event type (case-sensitive).
-    pub event_type: Option<String>,
-    /// Exactly this sensor (case-sensitive).
-    pub source_name: Option<String>,
+    /// Any of these statuses (none given: any status).
+    pub status: Vec<AlertStatus>,
+    /// Any of these severities.
+    pub severity: Vec<Severity>,
+    /// Any of these event types (exact, case-sensitive).
+    pub event_type: Vec<String>,
+    /// Any of these sensors (exact, case-sensitive).
+    pub source_name: Vec<String>,
     /// Raised at or after this time (inclusive).
     pub created_from: Option<DateTime<Utc>>,
     /// Raised at or before this time (inclusive).
@@ -154,13 +154,14 @@ impl ListFilter for AlertFilter {
             Some(AssigneeFilter::Nobody) => condition("assignee", "IS", Some(Value::Null)),
             Some(AssigneeFilter::User(id)) => condition("assignee", "=", Some(id)),
         };
-        condition("status", "=", self.status.map(|s| s.as_str()))
+        let statuses: Vec<&str> = self.status.iter().map(|s| s.as_str()).collect();
+        any_of("status", &statuses)
             .into_iter()
             .chain(assignee)
             .chain(shared_conditions(
-                self.severity,
-                self.source_name.as_deref(),
-                self.event_type.as_deref(),
+                &self.severity,
+                &self.source_name,
+                &self.event_type,
                 self.created_from,
                 self.created_to,
             ))
@@ -183,8 +184,8 @@ impl ListFilter for AlertFilter {
         } = self;
         // Owners are not counted ahead: such a count walks the owner's rows (an index).
         ALERT_COUNT_TABLES.answering(
-            event_type.is_some(),
-            source_name.is_some(),
+            !event_type.is_empty(),
+            !source_name.is_empty(),
             created_from.is_some() || created_to.is_some() || assignee.is_some(),
         )
     }
@@ -202,6 +203,14 @@ pub enum AlertOrdering {
     SeverityAscending,
     /// Most severe first; newest first within a severity.
     SeverityDescending,
+    /// Longest quiet first (oldest `last_seen_at`); newest first within a time.
+    LastSeenAscending,
+    /// Most recently seen first.
+    LastSeenDescending,
+    /// Fewest events first; newest first within a count.
+    CountAscending,
+    /// Most events first (the loudest repeats); newest first within a count.
+    CountDescending,
 }
 
 impl AlertOrdering {
@@ -211,6 +220,10 @@ impl AlertOrdering {
             AlertOrdering::OldestFirst => "ORDER BY id ASC",
             AlertOrdering::SeverityAscending => "ORDER BY severity ASC, id DESC",
             AlertOrdering::SeverityDescending => "ORDER BY severity DESC, id DESC",
+            AlertOrdering::LastSeenAscending => "ORDER BY last_seen_at ASC, id DESC",
+            AlertOrdering::LastSeenDescending => "ORDER BY last_seen_at DESC, id DESC",
+            AlertOrdering::CountAscending => "ORDER BY event_count ASC, id DESC",
+            AlertOrdering::CountDescending => "ORDER BY event_count DESC, id DESC",
         }
     }
 }
