@@ -756,6 +756,11 @@ async fn list_filters_take_several_values_and_the_new_orderings() {
             .json["count"],
         1
     );
+    assert_eq!(
+        list("q=PORT+scan&status=OPEN,RESOLVED").await.json["count"],
+        2
+    );
+    assert_eq!(list("q=%22%3B+*+OR").await.json["count"], 0, "only words");
     let bad = list("status=OPEN,SHUT").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.json["status"].is_array(), "{}", bad.text);

@@ -8,7 +8,7 @@ use chrono::Utc;
 use common::domain::{Alert, AlertStatus, CloseReason, Event, Severity};
 use common::storage::{
     AlertChange, AlertFilter, AlertOrdering, AlertSummary, AlertUpdate, AssigneeFilter,
-    MAX_NOTE_TEXT_CHARS, Note, Refusal, StatusChange,
+    MAX_NOTE_TEXT_CHARS, Note, Refusal, StatusChange, search_words,
 };
 use common::subjects;
 use serde::Deserialize;
@@ -163,6 +163,7 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
         created_from: params.datetime("created_at__gte"),
         created_to: params.datetime("created_at__lte"),
         assignee,
+        search: params.text("q").map(|q| search_words(&q)),
     }
 }
 
@@ -176,6 +177,7 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
         ("sourceName" = Option<String>, Query, description = "Any of these sensors (exact), comma-separated"),
         ("created_at__gte" = Option<String>, Query, format = DateTime, description = "Raised at or after (RFC 3339)"),
         ("created_at__lte" = Option<String>, Query, format = DateTime, description = "Raised at or before (RFC 3339)"),
+        ("q" = Option<String>, Query, description = "Words that must all be in the alert's sensor, event type or first event's description (whole words, any case)"),
         ("assignee" = Option<String>, Query, pattern = r"^(me|none|[1-9][0-9]{0,17})$", description = "Owned by `me`, by `none` (nobody) or by this user id"),
         ("ordering" = Option<AlertOrderingParam>, Query, description = "created_at, -created_at (default), severity, -severity, last_seen_at, -last_seen_at, count, -count"),
         ("page" = Option<i64>, Query, minimum = 1, maximum = 2147483647, description = "Page number (a page past the end is 404)"),
@@ -524,7 +526,8 @@ pub const MAX_BULK: usize = 10_000;
 /// How many ids a dry run shows.
 const DRY_RUN_IDS: usize = 20;
 /// The filters a bulk action's `filter` takes: those of `GET /api/alerts/`.
-const BULK_FILTERS: [&str; 8] = [
+const BULK_FILTERS: [&str; 9] = [
+    "q",
     "status",
     "severity",
     "event__severity",

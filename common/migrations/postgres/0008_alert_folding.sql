@@ -99,3 +99,11 @@ CREATE TABLE IF NOT EXISTS alert_counts_by_hour_type (
 INSERT INTO alert_counts_by_hour_type (hour, event_type, status, shard, n)
     SELECT created_at / 3600000000, event_type, status, 0, COUNT(*) FROM alerts
     GROUP BY created_at / 3600000000, event_type, status;
+
+-- Full-text search of alerts (q=): the sensor, the event type and the first event's
+-- description, as a tsvector of the 'simple' configuration (words, any case, no stemming:
+-- as SQLite's FTS5 table), written with the alert and indexed with GIN.
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS search TSVECTOR;
+UPDATE alerts SET search = to_tsvector('simple', alerts.source_name || ' ' || alerts.event_type
+    || ' ' || (SELECT description FROM events WHERE events.id = alerts.event_id));
+CREATE INDEX IF NOT EXISTS alerts_search ON alerts USING GIN (search);

@@ -99,3 +99,13 @@ CREATE TABLE IF NOT EXISTS alert_counts_by_hour_type (
 INSERT INTO alert_counts_by_hour_type (hour, event_type, status, shard, n)
     SELECT created_at / 3600000000, event_type, status, 0, COUNT(*) FROM alerts
     GROUP BY created_at / 3600000000, event_type, status;
+
+-- Full-text search of alerts (q=): the sensor, the event type and the first event's
+-- description, as FTS5 words (unicode61: letters and digits, any case, accents ignored). A
+-- contentless table keyed by the alert id (its rowid), written with the alert.
+CREATE VIRTUAL TABLE IF NOT EXISTS alert_search USING fts5 (
+    source_name, event_type, description, content = ''
+);
+INSERT INTO alert_search (rowid, source_name, event_type, description)
+    SELECT alerts.id, alerts.source_name, alerts.event_type, events.description
+    FROM alerts JOIN events ON events.id = alerts.event_id;

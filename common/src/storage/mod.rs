@@ -38,7 +38,7 @@ use sqlx::sqlite::{
 pub use alerts::{
     AlertChange, AlertFilter, AlertOrdering, AlertSummary, AlertUpdate, AssigneeFilter, BulkUpdate,
     ChangeKind, CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, SourceCount,
-    StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount,
+    StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount, search_words,
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use users::{NewUser, UserChanges};

@@ -122,10 +122,40 @@ pub(super) fn any_of<T: Clone + Into<Value>>(
     }
 }
 
+/// The operator of [`full_text`] conditions; written per backend by [`push_where`].
+const FULL_TEXT: &str = "MATCHES";
+
+/// An alert's search document holds every one of `words` (letters and digits only, so
+/// nothing in them is query syntax): SQLite's FTS5 table `alert_search` (`MATCH`, each word
+/// quoted), PostgreSQL's `alerts.search` (`@@ plainto_tsquery('simple', …)`); see migration
+/// 0008.
+pub(super) fn full_text(words: &[String]) -> Condition {
+    Condition {
+        column: "search",
+        op: FULL_TEXT,
+        value: Value::Text(words.join(" ")),
+    }
+}
+
 /// Appends ` WHERE a = … AND b = …`; nothing when there are no conditions.
 pub(super) fn push_where<DB: BindValue>(query: &mut QueryBuilder<DB>, conditions: &[Condition]) {
     for (i, condition) in conditions.iter().enumerate() {
         query.push(if i == 0 { " WHERE " } else { " AND " });
+        if condition.op == FULL_TEXT {
+            let Value::Text(words) = &condition.value else {
+                continue;
+            };
+            if DB::NAME == "SQLite" {
+                let quoted: Vec<String> = words.split(' ').map(|w| format!("\"{w}\"")).collect();
+                query.push("id IN (SELECT rowid FROM alert_search WHERE alert_search MATCH ");
+                DB::push_value(query, Value::Text(quoted.join(" ")));
+            } else {
+                query.push("search @@ plainto_tsquery('simple', ");
+                DB::push_value(query, Value::Text(words.clone()));
+            }
+            query.push(")");
+            continue;
+        }
         query.push(format_args!("{} {} ", condition.column, condition.op));
         DB::push_value(query, condition.value.clone());
     }

@@ -46,13 +46,14 @@ impl Folding {
 /// prepared statement).
 const INSERT_ALERTS_UNNEST: &str = "INSERT INTO alerts (event_id, source_name, event_type, \
      severity, status, created_at, updated_at, event_count, first_seen_at, last_seen_at, \
-     last_event_id, fold_key) \
+     last_event_id, fold_key, search) \
      SELECT event_id, source_name, event_type, severity, $5, $6, $6, event_count, \
-     first_seen_at, last_seen_at, last_event_id, fold_key \
+     first_seen_at, last_seen_at, last_event_id, fold_key, \
+     to_tsvector('simple', source_name || ' ' || event_type || ' ' || description) \
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[], $7::bigint[], \
-     $8::bigint[], $9::bigint[], $10::bigint[], $11::text[]) \
+     $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[]) \
      AS batch (event_id, source_name, event_type, severity, event_count, first_seen_at, \
-     last_seen_at, last_event_id, fold_key) \
+     last_seen_at, last_event_id, fold_key, description) \
      ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id";
 const RECORD_CREATIONS_UNNEST: &str = "INSERT INTO alert_status_changes (alert_id, to_status, \
      changed_at) SELECT alert_id, $2, $3 FROM UNNEST($1::bigint[]) AS batch (alert_id)";
@@ -157,6 +158,25 @@ impl AlertStatements for Sqlite {
                     .await?,
             );
         }
+        // Their search documents (alert_search), by rowid = alert id.
+        let by_first_event: HashMap<i64, &NewAlert> =
+            alerts.iter().map(|a| (a.first.id, a)).collect();
+        let documents: Vec<(i64, &NewAlert)> = inserted
+            .iter()
+            .filter_map(|(id, event_id)| by_first_event.get(event_id).map(|a| (*id, *a)))
+            .collect();
+        for chunk in fixed_shape_chunks(&documents) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO alert_search (rowid, source_name, event_type, description) ",
+            );
+            query.push_values(chunk, |mut row, (id, alert)| {
+                row.push_bind(*id)
+                    .push_bind(alert.first.source_name.as_str())
+                    .push_bind(alert.first.event_type.as_str())
+                    .push_bind(alert.search_description());
+            });
+            query.build().execute(&mut *conn).await?;
+        }
         Ok(inserted)
     }
 
@@ -221,7 +241,11 @@ impl AlertStatements for Postgres {
     ) -> Result<Vec<(i64, i64)>, StorageError> {
         let mut inserted = Vec::with_capacity(alerts.len());
         let size = |a: &NewAlert| {
-            a.first.source_name.len() + a.first.event_type.len() + 50 + a.fold_key_len()
+            a.first.source_name.len()
+                + a.first.event_type.len()
+                + a.first.description.len()
+                + 50
+                + a.fold_key_len()
         };
         for chunk in pg_chunks(alerts, size) {
             inserted.extend(pg_insert_alert_chunk(conn, chunk, now).await?);
@@ -273,6 +297,12 @@ impl NewAlert<'_> {
     fn fold_key_len(&self) -> usize {
         self.fold_key.as_ref().map_or(0, String::len)
     }
+
+    /// The first event's description as the search document takes it: PostgreSQL text
+    /// cannot hold NUL (an event's description may), and a NUL separates words anyway.
+    fn search_description(&self) -> String {
+        self.first.description.replace('\0', " ")
+    }
 }
 
 /// One `INSERT … SELECT FROM UNNEST` of `alerts` (Postgres).
@@ -291,6 +321,7 @@ async fn pg_insert_alert_chunk(
     let mut last_seen = Vec::with_capacity(n);
     let mut last_event_ids = Vec::with_capacity(n);
     let mut fold_keys = Vec::with_capacity(n);
+    let mut descriptions = Vec::with_capacity(n);
     for alert in alerts {
         event_ids.push(alert.first.id);
         source_names.push(alert.first.source_name.as_str());
@@ -301,6 +332,7 @@ async fn pg_insert_alert_chunk(
         last_seen.push(alert.last_seen());
         last_event_ids.push(alert.last_event_id());
         fold_keys.push(alert.fold_key.as_deref());
+        descriptions.push(alert.search_description());
     }
     let inserted = sqlx::query_as::<Postgres, (i64, i64)>(INSERT_ALERTS_UNNEST)
         .bind(event_ids)
@@ -314,6 +346,7 @@ async fn pg_insert_alert_chunk(
         .bind(last_seen)
         .bind(last_event_ids)
         .bind(fold_keys)
+        .bind(descriptions)
         .fetch_all(&mut *conn)
         .await?;
     Ok(inserted)

@@ -9,6 +9,7 @@ mod status;
 mod summary;
 
 pub use create::Folding;
+
 pub use notes::{MAX_NOTE_TEXT_CHARS, Note};
 pub use status::{AlertChange, AlertUpdate, BulkUpdate, Refusal};
 pub use summary::{AlertSummary, SourceCount, StatusCounts, SummaryCounts, TypeCount};
@@ -19,7 +20,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use super::listing::{CountTables, ListFilter, shared_conditions};
-use super::sql::{Condition, Value, any_of, condition};
+use super::sql::{Condition, Value, any_of, condition, full_text};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Alert, AlertStatus, CloseReason, Severity, from_micros};
 use serde_json::Map;
@@ -127,6 +128,18 @@ pub struct AlertFilter {
     pub created_to: Option<DateTime<Utc>>,
     /// Owned by this user, or by nobody.
     pub assignee: Option<AssigneeFilter>,
+    /// Words that must all be in the alert's sensor, event type or first event's description
+    /// (whole words, any case); see [`search_words`].
+    pub search: Option<Vec<String>>,
+}
+
+/// The words of a search (`q=`): runs of letters and digits, lower-cased. Anything else
+/// separates words, so no input is query syntax.
+pub fn search_words(q: &str) -> Vec<String> {
+    q.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// Whose alerts a list covers.
@@ -154,10 +167,16 @@ impl ListFilter for AlertFilter {
             Some(AssigneeFilter::Nobody) => condition("assignee", "IS", Some(Value::Null)),
             Some(AssigneeFilter::User(id)) => condition("assignee", "=", Some(id)),
         };
+        let search = match &self.search {
+            None => None,
+            Some(words) if words.is_empty() => condition("id", "<", Some(0i64)),
+            Some(words) => Some(full_text(words)),
+        };
         let statuses: Vec<&str> = self.status.iter().map(|s| s.as_str()).collect();
         any_of("status", &statuses)
             .into_iter()
             .chain(assignee)
+            .chain(search)
             .chain(shared_conditions(
                 &self.severity,
                 &self.source_name,
@@ -181,12 +200,16 @@ impl ListFilter for AlertFilter {
             created_from,
             created_to,
             assignee,
+            search,
         } = self;
-        // Owners are not counted ahead: such a count walks the owner's rows (an index).
+        // Owners and searches are not counted ahead: such a count walks the matching rows.
         ALERT_COUNT_TABLES.answering(
             !event_type.is_empty(),
             !source_name.is_empty(),
-            created_from.is_some() || created_to.is_some() || assignee.is_some(),
+            created_from.is_some()
+                || created_to.is_some()
+                || assignee.is_some()
+                || search.is_some(),
         )
     }
 }

@@ -1,0 +1,154 @@
+//! Full-text search of alerts (`q=`) on the backend under test: whole words of the sensor, the
+//! event type and the first event's description, any case, combined with every other filter
+//! and ordering; no input is query syntax.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use chrono::Utc;
+use common::domain::{AlertStatus, EventIn, Severity};
+use common::storage::{AlertFilter, AlertOrdering, EventRecord, Storage, search_words};
+use serde_json::json;
+use testkit::TestDb;
+
+async fn search(storage: &Storage, q: &str, mut filter: AlertFilter) -> Vec<String> {
+    filter.search = Some(search_words(q));
+    let count = storage.count_alerts_matching(&filter).await.unwrap();
+    let alerts = storage
+        .list_alerts(&filter, AlertOrdering::OldestFirst, 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        count,
+        alerts.len() as i64,
+        "{q}: the count agrees with the list"
+    );
+    let mut uids = Vec::new();
+    for alert in alerts {
+        let event = storage.event_by_id(alert.event_id).await.unwrap().unwrap();
+        uids.push(event.uid);
+    }
+    uids
+}
+
+#[tokio::test]
+async fn a_search_finds_whole_words_of_sensor_type_and_description_with_any_filter() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect_and_migrate(db.url()).await.unwrap();
+    let events = [
+        (
+            "a",
+            "fw-edge-01",
+            "port_scan",
+            "HIGH",
+            "1,024 ports probed from 203.0.113.9",
+        ),
+        (
+            "b",
+            "ids-core",
+            "brute_force",
+            "CRITICAL",
+            "SSH Brute-Force against root\0admin",
+        ),
+        (
+            "c",
+            "ids-core",
+            "port_scan",
+            "HIGH",
+            "Probe of Ports on the DMZ",
+        ),
+        (
+            "d",
+            "waf eu",
+            "sql_injection",
+            "CRITICAL",
+            "'; DROP TABLE alerts; -- \"quoted\" OR *",
+        ),
+    ];
+    let records: Vec<EventRecord> = events
+        .iter()
+        .map(|(uid, source, kind, severity, description)| EventRecord {
+            uid: (*uid).to_owned(),
+            event: EventIn::from_value(json!({"sourceName": source, "eventType": kind,
+                "severity": severity, "description": description}))
+            .unwrap(),
+            created_at: Utc::now(),
+        })
+        .collect();
+    let stored = storage
+        .store_events(&records, Severity::High)
+        .await
+        .unwrap();
+    storage
+        .create_alerts(&stored.to_escalate, Utc::now())
+        .await
+        .unwrap();
+    let any = AlertFilter::default;
+
+    assert_eq!(search(&storage, "probed", any()).await, ["a"]);
+    assert_eq!(
+        search(&storage, "PORTS", any()).await,
+        ["a", "c"],
+        "any case"
+    );
+    assert_eq!(
+        search(&storage, "ports probe", any()).await,
+        ["c"],
+        "every word"
+    );
+    assert_eq!(
+        search(&storage, "prob", any()).await,
+        Vec::<String>::new(),
+        "whole words"
+    );
+    assert_eq!(
+        search(&storage, "scan", any()).await,
+        ["a", "c"],
+        "port_scan is two words"
+    );
+    assert_eq!(
+        search(&storage, "ids-core", any()).await,
+        ["b", "c"],
+        "the sensor"
+    );
+    assert_eq!(
+        search(&storage, "brute_force", any()).await,
+        ["b"],
+        "the type"
+    );
+    assert_eq!(search(&storage, "admin", any()).await, ["b"], "past a NUL");
+    // What would be syntax is only words, or nothing.
+    assert_eq!(search(&storage, "'; DROP TABLE", any()).await, ["d"]);
+    assert_eq!(search(&storage, "\"quoted\" OR *", any()).await, ["d"]);
+    assert_eq!(
+        search(&storage, "* ( ) \" :", any()).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(&storage, "NEAR(ports", any()).await,
+        Vec::<String>::new()
+    );
+
+    let critical = AlertFilter {
+        severity: vec![Severity::Critical],
+        ..AlertFilter::default()
+    };
+    assert_eq!(search(&storage, "ids core", critical).await, ["b"]);
+    let resolved = AlertFilter {
+        status: vec![AlertStatus::Resolved],
+        ..AlertFilter::default()
+    };
+    assert_eq!(
+        search(&storage, "ports", resolved).await,
+        Vec::<String>::new()
+    );
+    let mut filter = AlertFilter {
+        search: Some(search_words("ports")),
+        ..AlertFilter::default()
+    };
+    filter.source_name = vec!["ids-core".into()];
+    let newest = storage
+        .list_alerts(&filter, AlertOrdering::SeverityDescending, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+}
