@@ -159,8 +159,9 @@ impl Api {
                         Request::Get(path) => client.get(format!("{base}{path}")),
                         Request::PatchAlert => {
                             let id = rng.between(1, alerts);
-                            let status =
-                                ["ACKNOWLEDGED", "RESOLVED", "OPEN"][rng.below(3) as usize];
+                            // Moves the lifecycle allows from any status (RESOLVED →
+                            // ACKNOWLEDGED is refused), so that every PATCH writes.
+                            let status = ["RESOLVED", "OPEN"][rng.below(2) as usize];
                             client
                                 .patch(format!("{base}/api/alerts/{id}/"))
                                 .json(&json!({ "status": status }))
