@@ -344,6 +344,24 @@ impl Params {
         }
     }
 
+    /// Most values one filter takes (each becomes a bound parameter).
+    pub const MAX_VALUES: usize = 100;
+
+    /// Refuses more than [`Params::MAX_VALUES`] values for `name`.
+    fn limit_values<T>(&mut self, name: &str, mut values: Vec<T>) -> Vec<T> {
+        if values.len() > Self::MAX_VALUES {
+            self.errors.add(
+                name,
+                format!(
+                    "Ensure this filter has no more than {} values.",
+                    Self::MAX_VALUES
+                ),
+            );
+            values.clear();
+        }
+        values
+    }
+
     /// Any of a fixed set of values, comma-separated (`OPEN,ACKNOWLEDGED`); empty when not
     /// given.
     pub fn choices<T>(&mut self, name: &str) -> Vec<T>
@@ -367,7 +385,7 @@ impl Params {
                     .add(name, format!("Select a valid choice. {err}")),
             }
         }
-        chosen
+        self.limit_values(name, chosen)
     }
 
     /// Exact-match text filters, comma-separated; empty when not given.
@@ -376,11 +394,14 @@ impl Params {
             return Vec::new();
         };
         // Names are matched exactly: only the commas split them.
-        value
+        let mut values: Vec<String> = value
             .split(',')
             .filter(|item| !item.is_empty())
             .map(str::to_owned)
-            .collect()
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        self.limit_values(name, values)
     }
 
     /// A date-time: RFC 3339, or a naive date-time or date taken as UTC.

@@ -272,6 +272,12 @@ async fn a_stale_if_match_gets_412_with_the_alert_and_a_current_one_applies() {
         "ACKNOWLEDGED"
     );
 
+    let weak = patch_if_match(&api, &token, id, "W/\"2\"", json!({"status": "RESOLVED"})).await;
+    assert_eq!(
+        weak.status,
+        StatusCode::PRECONDITION_FAILED,
+        "a weak tag never matches"
+    );
     let any = patch_if_match(&api, &token, id, "*", json!({"status": "RESOLVED"})).await;
     assert_eq!(any.status, StatusCode::OK, "{}", any.text);
     let listed = patch_if_match(&api, &token, id, "\"9\", \"3\"", json!({"status": "OPEN"})).await;
@@ -515,6 +521,10 @@ async fn a_bulk_action_by_ids_changes_what_it_may_and_says_why_it_skipped_the_re
         (json!({"ids": [1], "action": "explode"}), "action"),
         (json!({"ids": ["one"], "action": "reopen"}), "ids"),
         (json!({"ids": [1], "action": "assign"}), "assignee"),
+        (
+            json!({"ids": [1], "action": "assign", "assignee": null, "close_reason": "other"}),
+            "close_reason",
+        ),
         (
             json!({"filter": {"stauts": "OPEN"}, "action": "reopen"}),
             "filter",
@@ -761,6 +771,33 @@ async fn list_filters_take_several_values_and_the_new_orderings() {
         2
     );
     assert_eq!(list("q=%22%3B+*+OR").await.json["count"], 0, "only words");
+    let many: Vec<String> = (0..101).map(|i| format!("s{i}")).collect();
+    let too_many = api
+        .call(
+            "GET",
+            &format!("/api/alerts/?sourceName={}", many.join(",")),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        too_many.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        too_many.text
+    );
+    assert!(too_many.json["sourceName"].is_array());
+    let words: Vec<String> = (0..33).map(|i| format!("w{i}")).collect();
+    let long = api
+        .call(
+            "GET",
+            &format!("/api/alerts/?q={}", words.join("+")),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.text);
+    assert!(long.json["q"].is_array());
     let bad = list("status=OPEN,SHUT").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.json["status"].is_array(), "{}", bad.text);

@@ -369,6 +369,38 @@ async fn admin(storage: &Storage) -> common::domain::User {
     storage.create_user(&user, Utc::now()).await.unwrap()
 }
 
+#[tokio::test]
+async fn alerters_folding_by_different_keys_never_count_an_event_twice() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect_and_migrate(db.url()).await.unwrap();
+    let now = Utc::now();
+    let records: Vec<EventRecord> = (0..40)
+        .map(|i| record(&format!("e{i}"), keyed_event(i), now))
+        .collect();
+    let events = stored(&storage, &records).await;
+    // As during a rolling change of ALERT_FOLD_KEY: the same escalations reach alerters
+    // with either setting, in either order.
+    let each = storage.create_alerts(&events[..20], now).await.unwrap();
+    assert_eq!(each.newly_created, 20);
+    let folded = storage
+        .fold_alerts(&events, &folding("sourceName,eventType"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        folded.newly_created + folded.folded,
+        20,
+        "only the 20 not counted yet"
+    );
+    let again = storage.create_alerts(&events, now).await.unwrap();
+    assert_eq!(
+        again.newly_created, 0,
+        "none made for events counted by a fold"
+    );
+    let ids: HashSet<i64> = events.iter().map(|e| e.id).collect();
+    let alerts = all_alerts(&storage).await.len();
+    assert_counted_once(&storage, &ids, alerts).await;
+}
+
 /// An alerter process, killed with SIGKILL when dropped.
 struct AlerterProcess(Child);
 

@@ -63,6 +63,13 @@ async fn a_search_finds_whole_words_of_sensor_type_and_description_with_any_filt
             "CRITICAL",
             "'; DROP TABLE alerts; -- \"quoted\" OR *",
         ),
+        (
+            "e",
+            "vpn-gw",
+            "login",
+            "HIGH",
+            "login from mail.example.com (203.0.113.9), user root@corp.io at the café",
+        ),
     ];
     let records: Vec<EventRecord> = events
         .iter()
@@ -116,6 +123,16 @@ async fn a_search_finds_whole_words_of_sensor_type_and_description_with_any_filt
         "the type"
     );
     assert_eq!(search(&storage, "admin", any()).await, ["b"], "past a NUL");
+    // Hosts, addresses and accents alike on both engines.
+    assert_eq!(search(&storage, "example", any()).await, ["e"]);
+    assert_eq!(search(&storage, "203.0.113.9", any()).await, ["a", "e"]);
+    assert_eq!(search(&storage, "root@corp.io", any()).await, ["e"]);
+    assert_eq!(search(&storage, "CAFÉ", any()).await, ["e"]);
+    assert_eq!(
+        search(&storage, "cafe", any()).await,
+        Vec::<String>::new(),
+        "accents count"
+    );
     // What would be syntax is only words, or nothing.
     assert_eq!(search(&storage, "'; DROP TABLE", any()).await, ["d"]);
     assert_eq!(search(&storage, "\"quoted\" OR *", any()).await, ["d"]);

@@ -148,6 +148,16 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
     };
     // Both spellings are checked (a bad one is a 400 even beside a good one);
     // `event__severity` wins when both are given.
+    let search = params.text("q").map(|q| search_words(&q));
+    if search
+        .as_ref()
+        .is_some_and(|words| words.len() > MAX_SEARCH_WORDS)
+    {
+        params.error(
+            "q",
+            format!("Ensure this search has no more than {MAX_SEARCH_WORDS} words."),
+        );
+    }
     let by_event = params.choices::<Severity>("event__severity");
     let by_alert = params.choices::<Severity>("severity");
     let severity = if by_event.is_empty() {
@@ -163,7 +173,7 @@ fn alert_filter(params: &mut Params, user: &common::domain::User) -> AlertFilter
         created_from: params.datetime("created_at__gte"),
         created_to: params.datetime("created_at__lte"),
         assignee,
-        search: params.text("q").map(|q| search_words(&q)),
+        search,
     }
 }
 
@@ -224,7 +234,7 @@ pub async fn get(
     Ok(with_etag(alert))
 }
 
-/// The version an `If-Match` header names (`"3"`, `W/"3"` or a list of them), compared
+/// The version an `If-Match` header names (`"3"`, or a list of them), compared
 /// with the alert's: `Some(true)` when one matches or it is `*`, `None` without the header.
 fn if_match(headers: &HeaderMap, version: i64) -> Option<bool> {
     let value = headers.get(axum::http::header::IF_MATCH)?;
@@ -236,7 +246,8 @@ fn if_match(headers: &HeaderMap, version: i64) -> Option<bool> {
         value
             .split(',')
             .map(str::trim)
-            .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == wanted),
+            // Strong comparison (RFC 9110): a weak tag never matches.
+            .any(|tag| tag == "*" || (!tag.starts_with("W/") && tag.trim_matches('"') == wanted)),
     )
 }
 
@@ -521,6 +532,9 @@ pub async fn summary(
     Ok(Json(state.storage.alert_summary(Utc::now()).await?))
 }
 
+/// Most words a search (`q=`) takes.
+const MAX_SEARCH_WORDS: usize = 32;
+
 /// Most alerts one bulk action changes (and ids it takes).
 pub const MAX_BULK: usize = 10_000;
 /// How many ids a dry run shows.
@@ -727,7 +741,9 @@ pub async fn bulk(
         Some(BulkAction::Assign) if assignee.is_none() => {
             fields.error("assignee", "This field is required.");
         }
-        Some(BulkAction::Acknowledge | BulkAction::Reopen) if close_reason.is_some() => {
+        Some(BulkAction::Acknowledge | BulkAction::Reopen | BulkAction::Assign)
+            if close_reason.is_some() =>
+        {
             fields.error(
                 "close_reason",
                 "A close reason is given only when resolving.",
@@ -771,13 +787,24 @@ pub async fn bulk(
                     ),
                 ));
             }
-            state
+            let ids: Vec<i64> = state
                 .storage
                 .list_alerts(&filter, AlertOrdering::NewestFirst, MAX_BULK as i64 + 1, 0)
                 .await?
                 .iter()
                 .map(|a| a.id)
-                .collect()
+                .collect();
+            // More may have come since the count.
+            if ids.len() > MAX_BULK {
+                return Err(ApiError::field(
+                    "filter",
+                    format!(
+                        "The filter matches more than {MAX_BULK} alerts; one bulk action \
+                         changes at most {MAX_BULK}. Narrow the filter."
+                    ),
+                ));
+            }
+            ids
         }
         (None, None) => Vec::new(),
     };

@@ -101,9 +101,12 @@ INSERT INTO alert_counts_by_hour_type (hour, event_type, status, shard, n)
     GROUP BY created_at / 3600000000, event_type, status;
 
 -- Full-text search of alerts (q=): the sensor, the event type and the first event's
--- description, as a tsvector of the 'simple' configuration (words, any case, no stemming:
--- as SQLite's FTS5 table), written with the alert and indexed with GIN.
+-- description, as words (runs of letters and digits, any case, accents kept: what the storage
+-- reduces them and a query to) in a tsvector of the 'simple' configuration, written with the
+-- alert and indexed with GIN. The one place the two schemas differ in shape: SQLite keeps the
+-- words in an FTS5 table, alert_search.
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS search TSVECTOR;
-UPDATE alerts SET search = to_tsvector('simple', alerts.source_name || ' ' || alerts.event_type
-    || ' ' || (SELECT description FROM events WHERE events.id = alerts.event_id));
+UPDATE alerts SET search = to_tsvector('simple', regexp_replace(lower(alerts.source_name || ' '
+    || alerts.event_type || ' ' || (SELECT description FROM events WHERE events.id = alerts.event_id)),
+    '[^[:alnum:]]+', ' ', 'g'));
 CREATE INDEX IF NOT EXISTS alerts_search ON alerts USING GIN (search);

@@ -101,10 +101,12 @@ INSERT INTO alert_counts_by_hour_type (hour, event_type, status, shard, n)
     GROUP BY created_at / 3600000000, event_type, status;
 
 -- Full-text search of alerts (q=): the sensor, the event type and the first event's
--- description, as FTS5 words (unicode61: letters and digits, any case, accents ignored). A
--- contentless table keyed by the alert id (its rowid), written with the alert.
+-- description, as words (runs of letters and digits, any case, accents kept: what the storage
+-- reduces them and a query to, and what PostgreSQL's 'simple' tsvector of them holds). A
+-- contentless FTS5 table keyed by the alert id (its rowid), written with the alert. The one
+-- place the two schemas differ in shape: PostgreSQL keeps the words in alerts.search.
 CREATE VIRTUAL TABLE IF NOT EXISTS alert_search USING fts5 (
-    source_name, event_type, description, content = ''
+    source_name, event_type, description, content = '', tokenize = 'unicode61 remove_diacritics 0'
 );
 INSERT INTO alert_search (rowid, source_name, event_type, description)
     SELECT alerts.id, alerts.source_name, alerts.event_type, events.description

@@ -146,6 +146,12 @@ pub enum StorageError {
     /// timeout, lock contention). Retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Another writer got there first in a way this transaction cannot absorb (an alerter
+    /// folding by another `ALERT_FOLD_KEY` counted one of its events meanwhile, as during a
+    /// rolling change of the setting). Nothing was written; the same work again sees what
+    /// the other did.
+    #[error("contended: {0}")]
+    Contended(String),
     /// A change the alert lifecycle refuses (see `Storage::update_alert`, which says why
     /// without an error).
     #[error("refused: {0}")]
@@ -164,7 +170,10 @@ pub enum StorageError {
 impl StorageError {
     /// True when retrying the same work later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::Unavailable(_))
+        matches!(
+            self,
+            StorageError::Unavailable(_) | StorageError::Contended(_)
+        )
     }
 
     /// An error getting a connection or starting a transaction: never the data's fault, so

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Sqlite};
 
 use super::{
     AlertRow, CreatedAlerts, SELECT_ALERT, STATUS_CHANGE_COLUMNS, StatusChange, StatusChangeRow,
+    search_words,
 };
 use crate::domain::{Alert, AlertStatus, Event, FoldKey, Severity, to_micros};
 use crate::storage::counts::{AlertCountDelta, CountShards, creation_hour};
@@ -49,16 +50,16 @@ const INSERT_ALERTS_UNNEST: &str = "INSERT INTO alerts (event_id, source_name, e
      last_event_id, fold_key, search) \
      SELECT event_id, source_name, event_type, severity, $5, $6, $6, event_count, \
      first_seen_at, last_seen_at, last_event_id, fold_key, \
-     to_tsvector('simple', source_name || ' ' || event_type || ' ' || description) \
+     to_tsvector('simple', document) \
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[], $7::bigint[], \
      $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[]) \
      AS batch (event_id, source_name, event_type, severity, event_count, first_seen_at, \
-     last_seen_at, last_event_id, fold_key, description) \
+     last_seen_at, last_event_id, fold_key, document) \
      ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id";
 const RECORD_CREATIONS_UNNEST: &str = "INSERT INTO alert_status_changes (alert_id, to_status, \
      changed_at) SELECT alert_id, $2, $3 FROM UNNEST($1::bigint[]) AS batch (alert_id)";
 const COUNT_EVENTS_UNNEST: &str = "INSERT INTO alert_events (event_id, alert_id) \
-     SELECT * FROM UNNEST($1::bigint[], $2::bigint[])";
+     SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) ON CONFLICT (event_id) DO NOTHING";
 
 /// An alert a batch opens: its first event and what it folds of the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,17 +110,24 @@ trait AlertStatements: sqlx::Database {
         now: i64,
     ) -> Result<(), StorageError>;
 
-    /// Counts each event in its alert (`alert_events`): `(event_id, alert_id)` pairs.
+    /// Counts each event in its alert (`alert_events`): `(event_id, alert_id)` pairs, unless
+    /// it is counted already; returns how many it counted.
     async fn count_events(
         conn: &mut Self::Connection,
         pairs: &[(i64, i64)],
-    ) -> Result<(), StorageError>;
+    ) -> Result<u64, StorageError>;
 
     /// The alerts of these events.
     async fn alerts_by_event_ids(
         conn: &mut Self::Connection,
         event_ids: &[i64],
     ) -> Result<Vec<AlertRow>, StorageError>;
+
+    /// Which of these events `alert_events` counts already.
+    async fn counted_events(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<HashSet<i64>, StorageError>;
 }
 
 /// SQLite: multi-row `VALUES` and `IN` lists, in chunks.
@@ -170,10 +178,11 @@ impl AlertStatements for Sqlite {
                 "INSERT INTO alert_search (rowid, source_name, event_type, description) ",
             );
             query.push_values(chunk, |mut row, (id, alert)| {
+                let [source, kind, description] = alert.search_document();
                 row.push_bind(*id)
-                    .push_bind(alert.first.source_name.as_str())
-                    .push_bind(alert.first.event_type.as_str())
-                    .push_bind(alert.search_description());
+                    .push_bind(source)
+                    .push_bind(kind)
+                    .push_bind(description);
             });
             query.build().execute(&mut *conn).await?;
         }
@@ -202,16 +211,18 @@ impl AlertStatements for Sqlite {
     async fn count_events(
         conn: &mut Self::Connection,
         pairs: &[(i64, i64)],
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
+        let mut counted = 0;
         for chunk in fixed_shape_chunks(pairs) {
             let mut query =
                 QueryBuilder::<Sqlite>::new("INSERT INTO alert_events (event_id, alert_id) ");
             query.push_values(chunk, |mut row, (event_id, alert_id)| {
                 row.push_bind(*event_id).push_bind(*alert_id);
             });
-            query.build().execute(&mut *conn).await?;
+            query.push(" ON CONFLICT (event_id) DO NOTHING");
+            counted += query.build().execute(&mut *conn).await?.rows_affected();
         }
-        Ok(())
+        Ok(counted)
     }
 
     async fn alerts_by_event_ids(
@@ -229,6 +240,26 @@ impl AlertStatements for Sqlite {
             );
         }
         Ok(rows)
+    }
+
+    async fn counted_events(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<HashSet<i64>, StorageError> {
+        let mut counted = HashSet::new();
+        for mut query in in_list_chunks::<Sqlite, _>(
+            "SELECT event_id FROM alert_events WHERE event_id IN ",
+            event_ids,
+        ) {
+            for (id,) in query
+                .build_query_as::<(i64,)>()
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                counted.insert(id);
+            }
+        }
+        Ok(counted)
     }
 }
 
@@ -270,14 +301,14 @@ impl AlertStatements for Postgres {
     async fn count_events(
         conn: &mut Self::Connection,
         pairs: &[(i64, i64)],
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
         let (event_ids, alert_ids): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
-        sqlx::query::<Postgres>(COUNT_EVENTS_UNNEST)
+        let done = sqlx::query::<Postgres>(COUNT_EVENTS_UNNEST)
             .bind(event_ids)
             .bind(alert_ids)
             .execute(&mut *conn)
             .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     async fn alerts_by_event_ids(
@@ -291,6 +322,19 @@ impl AlertStatements for Postgres {
             .await?;
         Ok(rows)
     }
+
+    async fn counted_events(
+        conn: &mut Self::Connection,
+        event_ids: &[i64],
+    ) -> Result<HashSet<i64>, StorageError> {
+        let ids = sqlx::query_scalar::<Postgres, i64>(
+            "SELECT event_id FROM alert_events WHERE event_id = ANY($1::bigint[])",
+        )
+        .bind(event_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(ids.into_iter().collect())
+    }
 }
 
 impl NewAlert<'_> {
@@ -298,10 +342,17 @@ impl NewAlert<'_> {
         self.fold_key.as_ref().map_or(0, String::len)
     }
 
-    /// The first event's description as the search document takes it: PostgreSQL text
-    /// cannot hold NUL (an event's description may), and a NUL separates words anyway.
-    fn search_description(&self) -> String {
-        self.first.description.replace('\0', " ")
+    /// What `q=` searches (the sensor, the type and the first event's description) as its
+    /// words (see [`search_words`]), so that both engines index exactly the words a query is
+    /// reduced to: PostgreSQL's parser would otherwise keep `mail.example.com` or
+    /// `203.0.113.9` whole, where FTS5 splits them. (No NUL survives either.)
+    fn search_document(&self) -> [String; 3] {
+        [
+            &self.first.source_name,
+            &self.first.event_type,
+            &self.first.description,
+        ]
+        .map(|text| search_words(text).join(" "))
     }
 }
 
@@ -332,7 +383,7 @@ async fn pg_insert_alert_chunk(
         last_seen.push(alert.last_seen());
         last_event_ids.push(alert.last_event_id());
         fold_keys.push(alert.fold_key.as_deref());
-        descriptions.push(alert.search_description());
+        descriptions.push(alert.search_document().join(" "));
     }
     let inserted = sqlx::query_as::<Postgres, (i64, i64)>(INSERT_ALERTS_UNNEST)
         .bind(event_ids)
@@ -537,8 +588,11 @@ impl Storage {
             let mut repoint: Vec<(&str, i64)> = Vec::new();
             let mut repoint_first_event: Vec<(&str, i64)> = Vec::new();
             if by_key.is_empty() {
+                // Events an alerter folding by a key counted are left where they are.
+                let counted = <Db as AlertStatements>::counted_events(&mut tx, &event_ids).await?;
                 new_alerts = events
                     .iter()
+                    .filter(|e| !counted.contains(&e.id))
                     .map(|&e| NewAlert {
                         first: e,
                         events: vec![e],
@@ -570,15 +624,7 @@ impl Storage {
                         folds.insert(hash, alert_id);
                     }
                 }
-                let mut counted = HashSet::new();
-                for mut query in in_list_chunks::<Db, _>(
-                    "SELECT event_id FROM alert_events WHERE event_id IN ",
-                    &event_ids,
-                ) {
-                    for (id,) in query.build_query_as::<(i64,)>().fetch_all(&mut *tx).await? {
-                        counted.insert(id);
-                    }
-                }
+                let counted = <Db as AlertStatements>::counted_events(&mut tx, &event_ids).await?;
                 let mut target_ids: Vec<i64> = folds.values().flatten().copied().collect();
                 target_ids.sort_unstable();
                 let mut targets: HashMap<i64, AlertRow> = HashMap::new();
@@ -689,8 +735,16 @@ impl Storage {
                     .collect();
                 for alert in &new_alerts {
                     let Some(&id) = alert_of_event.get(&alert.first.id) else {
-                        // Its first event already has an alert (a redelivery without folding).
-                        continue;
+                        if folding.key.is_none() {
+                            // Another alerter made this event's alert meanwhile.
+                            continue;
+                        }
+                        // The key's lock was held, so only an alerter not folding (by this
+                        // key) can have made it: the plan is stale.
+                        return Err(StorageError::Contended(format!(
+                            "event {} got an alert outside its fold key's lock",
+                            alert.first.id
+                        )));
                     };
                     created_ids.push(id);
                     pairs.extend(alert.events.iter().map(|e| (e.id, id)));
@@ -787,7 +841,15 @@ impl Storage {
                 pairs.extend(bump.events.iter().map(|&id| (id, bump.target.id)));
             }
             if !pairs.is_empty() {
-                <Db as AlertStatements>::count_events(&mut tx, &pairs).await?;
+                let counted = <Db as AlertStatements>::count_events(&mut tx, &pairs).await?;
+                if counted != pairs.len() as u64 {
+                    // Another alerter, folding by another key, counted some meanwhile.
+                    return Err(StorageError::Contended(format!(
+                        "{} of {} events were counted meanwhile",
+                        pairs.len() as u64 - counted,
+                        pairs.len()
+                    )));
+                }
             }
             // Last before the commit, so that the count rows stay locked briefly.
             let shard = <Db as CountShards>::claim_count_shard(&mut tx).await?;
