@@ -183,7 +183,7 @@ impl Fields {
         }
     }
 
-    /// An integer of at least `min` (DRF also accepts one written as a string); `null` is
+    /// An integer of at least `min` (a JSON number, as the document says); `null` is
     /// refused.
     pub fn integer(&mut self, name: &str, min: i64) -> Option<i64> {
         match self.nullable_integer(name, min) {
@@ -202,7 +202,6 @@ impl Fields {
         let value = match self.map.remove(name)? {
             Value::Null => return Some(None),
             Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
         match value {
@@ -216,6 +215,17 @@ impl Fields {
             }
             None => {
                 self.errors.add(name, "A valid integer is required.");
+                None
+            }
+        }
+    }
+
+    /// A JSON `true` or `false`, nothing else (for new fields, documented as booleans).
+    pub fn strict_boolean(&mut self, name: &str) -> Option<bool> {
+        match self.map.remove(name)? {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.errors.add(name, "Must be a valid boolean.");
                 None
             }
         }

@@ -215,6 +215,8 @@ const NUMBERS_AS_TEXT: &[(&str, &str)] = &[
     ("UserIn", "username"),
     ("AlertPatch", "note"),
     ("AlertPartialPatch", "note"),
+    ("NoteIn", "text"),
+    ("BulkIn", "note"),
 ];
 
 fn or_also(schema: RefOr<Schema>, other: impl Into<RefOr<Schema>>) -> RefOr<Schema> {

@@ -666,7 +666,7 @@ pub async fn bulk(
         );
     }
     let assignee = fields.nullable_integer("assignee", 1);
-    let dry_run = fields.boolean("dry_run").unwrap_or(false);
+    let dry_run = fields.strict_boolean("dry_run").unwrap_or(false);
     let ids = match fields.take("ids") {
         None => None,
         Some(serde_json::Value::Array(items)) if items.len() > MAX_BULK => {
@@ -677,23 +677,15 @@ pub async fn bulk(
             None
         }
         Some(serde_json::Value::Array(items)) => {
-            let parsed: Option<Vec<i64>> = items
-                .iter()
-                .map(|item| item.as_i64().filter(|id| *id > 0))
-                .collect();
+            // Any integer is an id; one that no alert has is skipped as not found.
+            let parsed: Option<Vec<i64>> = items.iter().map(serde_json::Value::as_i64).collect();
             if parsed.is_none() {
-                fields.error(
-                    "ids",
-                    "A list of alert ids (positive integers) is required.",
-                );
+                fields.error("ids", "A list of alert ids (integers) is required.");
             }
             parsed
         }
         Some(_) => {
-            fields.error(
-                "ids",
-                "A list of alert ids (positive integers) is required.",
-            );
+            fields.error("ids", "A list of alert ids (integers) is required.");
             None
         }
     };
