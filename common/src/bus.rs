@@ -170,9 +170,10 @@ impl Outgoing {
 /// changes published that way got only 5,000 out in 20 s; in windows all go in about a second.
 const PUBLISH_WINDOW: usize = 2048;
 
-/// Publishes every message, up to [`PUBLISH_WINDOW`] in flight at once, and returns when the
-/// stream has acknowledged every one: only then are they durable. Any failure fails the whole
-/// call (the caller retries the whole batch; the idempotency keys absorb what got through).
+/// Publishes every message, up to `PUBLISH_WINDOW` (2,048) in flight at once, and returns
+/// when the stream has acknowledged every one: only then are they durable. Any failure fails
+/// the whole call (the caller retries the whole batch; the idempotency keys absorb what got
+/// through).
 pub async fn publish_all(
     js: &jetstream::Context,
     messages: Vec<Outgoing>,

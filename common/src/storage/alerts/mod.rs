@@ -1,6 +1,6 @@
-//! Alerts: each escalated event counted in exactly one, repeats folded together (see
-//! [`create`]), with every status change recorded. Creating
-//! them is in [`create`], changing their status and notifying the changes in [`status`];
+//! Alerts: each escalated event counted in exactly one, repeats folded together, with every
+//! change recorded. Creating and folding is in [`create`], changing alerts (one or in bulk)
+//! and notifying the changes in [`status`], notes in [`notes`], the summary in [`summary`];
 //! here are their types and reads.
 
 mod create;
@@ -9,7 +9,6 @@ mod status;
 mod summary;
 
 pub use create::Folding;
-
 pub use notes::{MAX_NOTE_TEXT_CHARS, Note};
 pub use status::{AlertChange, AlertUpdate, BulkUpdate, Refusal};
 pub use summary::{AlertSummary, SourceCount, StatusCounts, SummaryCounts, TypeCount};
