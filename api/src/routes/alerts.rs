@@ -226,12 +226,56 @@ pub async fn get(
     PathId(id): PathId,
 ) -> ApiResult<(HeaderMap, Json<Alert>)> {
     let id = parse_id(&id)?;
-    let alert = state
+    let alert = existing_alert(&state, id).await?;
+    Ok(with_etag(alert))
+}
+
+/// The alert, or 404.
+async fn existing_alert(state: &AppState, id: i64) -> ApiResult<Alert> {
+    state
         .storage
         .alert_by_id(id)
         .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(with_etag(alert))
+        .ok_or(ApiError::NotFound)
+}
+
+/// The optional `note` of a change (at most [`MAX_NOTE_CHARS`] characters).
+fn change_note(fields: &mut Fields) -> Option<String> {
+    let note = if fields.has("note") {
+        fields.string("note", false)
+    } else {
+        None
+    };
+    if let Some(note) = &note
+        && note.chars().count() > MAX_NOTE_CHARS
+    {
+        fields.error(
+            "note",
+            format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
+        );
+    }
+    note
+}
+
+/// Records an error unless a given owner is an existing, active user.
+async fn check_assignee(
+    state: &AppState,
+    fields: &mut Fields,
+    assignee: Option<Option<i64>>,
+) -> ApiResult<()> {
+    if let Some(Some(user_id)) = assignee
+        && !state
+            .storage
+            .user_by_id(user_id)
+            .await?
+            .is_some_and(|user| user.is_active)
+    {
+        fields.error(
+            "assignee",
+            format!("Invalid pk \"{user_id}\" - object does not exist or is inactive."),
+        );
+    }
+    Ok(())
 }
 
 /// The version an `If-Match` header names (`"3"`, or a list of them), compared
@@ -269,41 +313,14 @@ async fn change(
     let id = parse_id(id)?;
     let mut fields = Fields::new(body)?;
     let status = fields.choice::<AlertStatus>("status", status_required);
-    let note = if fields.has("note") {
-        fields.string("note", false)
-    } else {
-        None
-    };
-    if let Some(note) = &note
-        && note.chars().count() > MAX_NOTE_CHARS
-    {
-        fields.error(
-            "note",
-            format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
-        );
-    }
+    let note = change_note(&mut fields);
     let close_reason = fields.choice::<CloseReason>("close_reason", false);
     let assignee = fields.nullable_integer("assignee", 1);
     let version = fields.integer("version", 1);
-    if let Some(Some(user_id)) = assignee
-        && !state
-            .storage
-            .user_by_id(user_id)
-            .await?
-            .is_some_and(|user| user.is_active)
-    {
-        fields.error(
-            "assignee",
-            format!("Invalid pk \"{user_id}\" - object does not exist or is inactive."),
-        );
-    }
+    check_assignee(state, &mut fields, assignee).await?;
     fields.finish()?;
     // The alert as it is, for a precondition and for a request that changes nothing.
-    let current = state
-        .storage
-        .alert_by_id(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let current = existing_alert(state, id).await?;
     let matched = if_match(headers, current.version);
     if matched == Some(false) {
         return Err(ApiError::PreconditionFailed(Box::new(current)));
@@ -414,11 +431,7 @@ pub async fn history(
     PathId(id): PathId,
 ) -> ApiResult<Json<Vec<StatusChange>>> {
     let id = parse_id(&id)?;
-    state
-        .storage
-        .alert_by_id(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    existing_alert(&state, id).await?;
     Ok(Json(state.storage.status_history(id).await?))
 }
 
@@ -443,11 +456,7 @@ pub async fn events(
     let id = parse_id(&id)?;
     let page = PageRequest::from_params(&mut params);
     params.finish()?;
-    let alert = state
-        .storage
-        .alert_by_id(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let alert = existing_alert(&state, id).await?;
     page.check_exists(alert.count)?;
     let events = state
         .storage
@@ -466,11 +475,7 @@ pub async fn notes(
     PathId(id): PathId,
 ) -> ApiResult<Json<Vec<Note>>> {
     let id = parse_id(&id)?;
-    state
-        .storage
-        .alert_by_id(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    existing_alert(&state, id).await?;
     Ok(Json(state.storage.notes(id).await?))
 }
 
@@ -652,19 +657,7 @@ pub async fn bulk(
     let mut fields = Fields::new(body)?;
     let action = fields.choice::<BulkAction>("action", true);
     let close_reason = fields.choice::<CloseReason>("close_reason", false);
-    let note = if fields.has("note") {
-        fields.string("note", false)
-    } else {
-        None
-    };
-    if let Some(note) = &note
-        && note.chars().count() > MAX_NOTE_CHARS
-    {
-        fields.error(
-            "note",
-            format!("Ensure this field has no more than {MAX_NOTE_CHARS} characters."),
-        );
-    }
+    let note = change_note(&mut fields);
     let assignee = fields.nullable_integer("assignee", 1);
     let dry_run = fields.strict_boolean("dry_run").unwrap_or(false);
     let ids = match fields.take("ids") {
@@ -717,18 +710,7 @@ pub async fn bulk(
     if ids.is_some() == filter.is_some() && !fields.has_errors() {
         fields.error("non_field_errors", "Give either \"ids\" or \"filter\".");
     }
-    if let Some(Some(user_id)) = assignee
-        && !state
-            .storage
-            .user_by_id(user_id)
-            .await?
-            .is_some_and(|user| user.is_active)
-    {
-        fields.error(
-            "assignee",
-            format!("Invalid pk \"{user_id}\" - object does not exist or is inactive."),
-        );
-    }
+    check_assignee(&state, &mut fields, assignee).await?;
     match action {
         Some(BulkAction::Assign) if assignee.is_none() => {
             fields.error("assignee", "This field is required.");
