@@ -25,6 +25,12 @@ pub enum Request {
     Login,
 }
 
+/// The triage summary (answered from the counts tables).
+pub const SUMMARY: Request = Request::Get("/api/alerts/summary/");
+/// A full-text search: a word of one event type, `ransomware_behavior`, whose alerts are
+/// one in twenty or so.
+pub const SEARCH: Request = Request::Get("/api/alerts/?q=ransomware");
+
 /// What the benchmark asks the api, with a name for the table.
 pub const SCENARIOS: &[(&str, Request)] = &[
     (
@@ -50,6 +56,12 @@ pub const SCENARIOS: &[(&str, Request)] = &[
     (
         "GET /api/alerts/?eventType=malware_detected",
         Request::Get("/api/alerts/?eventType=malware_detected"),
+    ),
+    ("GET /api/alerts/summary/", SUMMARY),
+    ("GET /api/alerts/?q=ransomware", SEARCH),
+    (
+        "GET /api/alerts/?q=srv-db01&status=OPEN",
+        Request::Get("/api/alerts/?q=srv-db01&status=OPEN"),
     ),
     (
         "GET /api/events/ (first page)",

@@ -83,6 +83,49 @@ pub fn events(count: u64, seed: u64, uids: Uids) -> Result<Vec<Outgoing>> {
         .collect()
 }
 
+/// Event types the folding load spreads its keys over (ten of the generator's own).
+const FOLD_TYPES: [&str; 10] = [
+    "port_scan",
+    "ssh_brute_force",
+    "lateral_movement",
+    "c2_beacon",
+    "sql_injection",
+    "malware_detected",
+    "privilege_escalation",
+    "dns_tunneling",
+    "phishing_email",
+    "honeypot_interaction",
+];
+
+/// The events of [`events`] reported by `keys / 10` sensors of ten event types each, so that
+/// the escalated ones fall on exactly `keys` (`sourceName`, `eventType`) pairs, the default
+/// fold key, in turn (the j-th escalated event on pair `j % keys`). The folding benchmark's
+/// load: a fleet whose sensors repeat themselves.
+pub fn fold_events(count: u64, seed: u64, uids: Uids, keys: u64) -> Result<Vec<Outgoing>> {
+    let keys = keys.max(1);
+    let mut escalated = 0u64;
+    events(count, seed, uids)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut event)| {
+            let key = if event.severity >= Severity::High {
+                escalated += 1;
+                (escalated - 1) % keys
+            } else {
+                i as u64 % keys
+            };
+            let source = format!("sensor-{:03}", key / FOLD_TYPES.len() as u64);
+            let event_type = FOLD_TYPES[(key % FOLD_TYPES.len() as u64) as usize];
+            let mut body: serde_json::Value = serde_json::from_slice(&event.payload)?;
+            body["sourceName"] = serde_json::Value::String(source.clone());
+            body["eventType"] = serde_json::Value::String(event_type.to_owned());
+            event.subject = common::subjects::event_subject(&source);
+            event.payload = Bytes::from(serde_json::to_vec(&body)?);
+            Ok(event)
+        })
+        .collect()
+}
+
 /// How many of `events` are at or above `threshold`.
 pub fn at_or_above(events: &[Outgoing], threshold: Severity) -> u64 {
     events.iter().filter(|e| e.severity >= threshold).count() as u64

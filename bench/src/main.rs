@@ -28,7 +28,7 @@ use testkit::NatsServer;
 use crate::db::Backend;
 use crate::load::Uids;
 use crate::locks::LockSamples;
-use crate::pipeline::{PipelineRun, STAGE_NAMES, Stages};
+use crate::pipeline::{Folding, Load, PipelineRun, STAGE_NAMES, Stages};
 use crate::stats::{Samples, thousands, with_spread};
 
 /// Measures threatmon's pipeline and API against the raw limits of this machine.
@@ -64,7 +64,20 @@ struct Args {
     /// Backends of the scaling run (two ingestors and two alerters on one database, the
     /// sustained phase only), a comma-separated list: postgres, sqlite, or off.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "postgres")]
-    scaling: Vec<Scaling>,
+    scaling: Vec<RunOn>,
+    /// Backends of the folding comparison (`--events` events whose escalations fall on
+    /// `--fold-keys` keys, once with `ALERT_FOLD_KEY=none` and once folded by the default
+    /// key; the first uid kind; the sustained phase only): postgres, sqlite, or off.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres"
+    )]
+    folding: Vec<RunOn>,
+    /// Fold keys (`sourceName`, `eventType` pairs) of the folding comparison's load.
+    #[arg(long, default_value_t = 1000)]
+    fold_keys: u64,
     /// Seconds each fixed-rate latency phase is measured (for quick runs and the smoke test).
     #[arg(long, default_value_t = 10.0, hide = true)]
     latency_seconds: f64,
@@ -76,15 +89,39 @@ struct Args {
     out: PathBuf,
 }
 
-/// A backend the scaling run may use.
+/// A backend the scaling or the folding runs may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Scaling {
-    /// Two of each on a PostgreSQL scratch database.
+enum RunOn {
+    /// On a PostgreSQL scratch database.
     Postgres,
-    /// Two of each on one SQLite file.
+    /// On a SQLite file.
     Sqlite,
-    /// No scaling run.
+    /// Not at all.
     Off,
+}
+
+impl RunOn {
+    /// Whether `chosen` (a `--scaling` or `--folding` list) runs on `backend`.
+    fn wanted(chosen: &[RunOn], backend: &Backend) -> bool {
+        let wanted = match backend {
+            Backend::Sqlite => chosen.contains(&RunOn::Sqlite),
+            Backend::Postgres(_) => chosen.contains(&RunOn::Postgres),
+        };
+        wanted && !chosen.contains(&RunOn::Off)
+    }
+
+    /// The flag's spelling of `chosen`.
+    fn flag(chosen: &[RunOn]) -> String {
+        chosen
+            .iter()
+            .map(|s| match s {
+                RunOn::Postgres => "postgres",
+                RunOn::Sqlite => "sqlite",
+                RunOn::Off => "off",
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// Concurrent connections the API is measured at.
@@ -188,6 +225,7 @@ struct Pipeline {
     backend: &'static str,
     uids: Uids,
     workers: usize,
+    load: Load,
     published: Samples,
     stored: Samples,
     alerted: Samples,
@@ -203,11 +241,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(backend: &Backend, uids: Uids, workers: usize) -> Pipeline {
+    fn new(backend: &Backend, uids: Uids, workers: usize, load: Load) -> Pipeline {
         Pipeline {
             backend: backend.name(),
             uids,
             workers,
+            load,
             published: Samples::default(),
             stored: Samples::default(),
             alerted: Samples::default(),
@@ -248,9 +287,20 @@ impl Pipeline {
         }
     }
 
-    /// `1+1` or `2+2`: ingestors + alerters.
+    /// `1+1` or `2+2`: ingestors + alerters, and how they fold a repeating load.
     fn shape(&self) -> String {
-        format!("{}+{}", self.workers, self.workers)
+        let workers = format!("{}+{}", self.workers, self.workers);
+        match self.load {
+            Load::Generated => workers,
+            Load::Repeating { keys, folding } => format!(
+                "{workers}, {} keys, {}",
+                thousands(keys as f64),
+                match folding {
+                    Folding::Off => "`none`",
+                    Folding::Keys { .. } => "folded",
+                }
+            ),
+        }
     }
 }
 
@@ -306,6 +356,8 @@ struct Measured {
     raw: Raw,
     pipelines: Vec<Pipeline>,
     scaling: Vec<Pipeline>,
+    /// Per backend: the repeating load with `ALERT_FOLD_KEY=none`, then folded.
+    folding: Vec<[Pipeline; 2]>,
     cells: Vec<ApiCell>,
     api_mib: f64,
 }
@@ -383,7 +435,7 @@ async fn run(args: Args) -> Result<bool> {
     let snapshot = snapshot_dir.path().join("api.db");
     for backend in &backends {
         for (k, kind) in kinds.iter().enumerate() {
-            let mut pipeline = Pipeline::new(backend, *kind, 1);
+            let mut pipeline = Pipeline::new(backend, *kind, 1, Load::Generated);
             for run in 0..runs {
                 progress(&format!(
                     "pipeline on {}, {} uids, run {} of {runs}: {} events",
@@ -402,6 +454,7 @@ async fn run(args: Args) -> Result<bool> {
                     workers: 1,
                     latency: Some(phases),
                     snapshot_to: for_api.then_some(snapshot.as_path()),
+                    load: Load::Generated,
                 })
                 .await
                 .with_context(|| {
@@ -434,14 +487,10 @@ async fn run(args: Args) -> Result<bool> {
     };
     let mut scaling = Vec::new();
     for backend in &backends {
-        let wanted = match backend {
-            Backend::Sqlite => args.scaling.contains(&Scaling::Sqlite),
-            Backend::Postgres(_) => args.scaling.contains(&Scaling::Postgres),
-        };
-        if !wanted || args.scaling.contains(&Scaling::Off) {
+        if !RunOn::wanted(&args.scaling, backend) {
             continue;
         }
-        let mut pipeline = Pipeline::new(backend, scaling_uids, SCALING_WORKERS);
+        let mut pipeline = Pipeline::new(backend, scaling_uids, SCALING_WORKERS, Load::Generated);
         for run in 0..runs {
             progress(&format!(
                 "scaling on {}: {SCALING_WORKERS} ingestors and {SCALING_WORKERS} alerters, run {} of {runs}",
@@ -456,6 +505,7 @@ async fn run(args: Args) -> Result<bool> {
                 workers: SCALING_WORKERS,
                 latency: None,
                 snapshot_to: None,
+                load: Load::Generated,
             })
             .await
             .with_context(|| format!("scaling on {}, run {}", backend.name(), run + 1))?;
@@ -466,6 +516,55 @@ async fn run(args: Args) -> Result<bool> {
             pipeline.record(run, measured);
         }
         scaling.push(pipeline);
+    }
+
+    // The same repeating load without folding and folded, alternating within each run so
+    // that the machine's drift falls on both alike.
+    let mut folding = Vec::new();
+    for backend in &backends {
+        if !RunOn::wanted(&args.folding, backend) {
+            continue;
+        }
+        let keys = args.fold_keys.max(1);
+        let mut pair = [Folding::Off, Folding::Keys { keys }]
+            .map(|folding| Pipeline::new(backend, kinds[0], 1, Load::Repeating { keys, folding }));
+        for run in 0..runs {
+            for pipeline in &mut pair {
+                progress(&format!(
+                    "folding on {}, {}, run {} of {runs}: {} events over {} keys",
+                    backend.name(),
+                    pipeline.shape(),
+                    run + 1,
+                    thousands(args.events as f64),
+                    thousands(keys as f64)
+                ));
+                let (measured, _nats, _dir) = pipeline::run(pipeline::Plan {
+                    backend,
+                    uids: kinds[0],
+                    events: args.events,
+                    seed: 7 + 10 * run as u64,
+                    workers: 1,
+                    latency: None,
+                    snapshot_to: None,
+                    load: pipeline.load,
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "folding on {}, {}, run {}",
+                        backend.name(),
+                        pipeline.shape(),
+                        run + 1
+                    )
+                })?;
+                progress(&format!(
+                    "  stored {} events/s",
+                    thousands(measured.stored_rate)
+                ));
+                pipeline.record(run, measured);
+            }
+        }
+        folding.push(pair);
     }
 
     let (nats, _logs) = kept.context("no SQLite pipeline run")?;
@@ -512,6 +611,7 @@ async fn run(args: Args) -> Result<bool> {
         raw,
         pipelines,
         scaling,
+        folding,
         cells,
         api_mib,
     };
@@ -570,16 +670,13 @@ fn command_line(args: &Args, kinds: &[Uids]) -> String {
         args.api_seconds,
         kinds.iter().map(|k| k.flag()).collect::<Vec<_>>().join(",")
     );
-    let scaling: Vec<&str> = args
-        .scaling
-        .iter()
-        .map(|s| match s {
-            Scaling::Postgres => "postgres",
-            Scaling::Sqlite => "sqlite",
-            Scaling::Off => "off",
-        })
-        .collect();
-    let _ = write!(line, " --scaling {}", scaling.join(","));
+    let _ = write!(
+        line,
+        " --scaling {} --folding {} --fold-keys {}",
+        RunOn::flag(&args.scaling),
+        RunOn::flag(&args.folding),
+        args.fold_keys
+    );
     if args.postgres_url == "off" {
         line.push_str(" --postgres-url off");
     }
@@ -650,6 +747,7 @@ fn render(args: &Args, m: &Measured) -> (String, bool) {
         render_pipeline(&mut out, m, backend, &profile, args);
     }
     render_scaling(&mut out, m);
+    render_folding(&mut out, m, args);
     render_api(&mut out, m, args);
     render_targets(&mut out, m, &kinds);
     let ok = render_checks(&mut out, m);
@@ -934,6 +1032,68 @@ fn render_scaling(out: &mut String, m: &Measured) {
     }
 }
 
+fn render_folding(out: &mut String, m: &Measured, args: &Args) {
+    let _ = writeln!(
+        out,
+        "\n## Folding repeats: {} events over {} fold keys\n",
+        thousands(args.events as f64),
+        thousands(args.fold_keys.max(1) as f64)
+    );
+    if m.folding.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not run (`--folding off`, or no backend of it measured)."
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "The generated load, its sensors and types rewritten so that the escalated events \
+         fall on {} (`sourceName`, `eventType`) pairs in turn (100 sensors × 10 types for \
+         1,000): once with `ALERT_FOLD_KEY=none` (an alert per escalation, as in the runs \
+         above) and once folded by the default key, `sourceName,eventType` (an alert per \
+         pair), alternating within each run; the sustained phase only. *Escalations in \
+         alerts* is first publish → the alerter's consumer has acknowledged every escalation \
+         (each counted in an alert and committed). CPU in CPU-milliseconds per 1,000 events \
+         (last run).\n",
+        thousands(args.fold_keys.max(1) as f64)
+    );
+    let _ = writeln!(
+        out,
+        "| backend | uids | stored, `none` | stored, folded | folded vs `none` | escalations in alerts, `none` | folded | alerter CPU, `none` | folded |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let alerter_cpu = |p: &Pipeline| {
+        p.cpu
+            .as_ref()
+            .and_then(|cpu| {
+                cpu.by_process
+                    .iter()
+                    .find(|(who, _)| *who == "alerter")
+                    .map(|(_, seconds)| format!("{:.0}", 1e6 * seconds / cpu.events.max(1) as f64))
+            })
+            .unwrap_or_else(|| "—".to_owned())
+    };
+    for [off, folded] in &m.folding {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            off.backend,
+            off.uids.flag(),
+            rate(&off.stored),
+            rate(&folded.stored),
+            percent(folded.stored.median(), off.stored.median()),
+            rate(&off.alerted),
+            rate(&folded.alerted),
+            alerter_cpu(off),
+            alerter_cpu(folded)
+        );
+    }
+}
+
 fn render_api(out: &mut String, m: &Measured, args: &Args) {
     let _ = writeln!(
         out,
@@ -971,7 +1131,7 @@ fn render_api(out: &mut String, m: &Measured, args: &Args) {
 }
 
 fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
-    let _ = writeln!(out, "\n## Targets (issue 11)\n");
+    let _ = writeln!(out, "\n## Targets (issues 11 and 12)\n");
     let _ = writeln!(
         out,
         "Each a ratio or a figure of this run. [`bench/PROFILES.md`](bench/PROFILES.md) traces \
@@ -1126,10 +1286,48 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
             NOT,
         ),
     }
+    for [off, folded] in &m.folding {
+        let (with, without) = (folded.stored.median(), off.stored.median());
+        row(
+            format!(
+                "{}, {} fold keys: stored rate folded ≥ 90% of the rate with `ALERT_FOLD_KEY=none` (same load, same run)",
+                off.backend,
+                match off.load {
+                    Load::Repeating { keys, .. } => thousands(keys as f64),
+                    Load::Generated => "no".to_owned(),
+                }
+            ),
+            format!(
+                "{} vs {} = {}",
+                thousands(with),
+                thousands(without),
+                percent(with, without)
+            ),
+            verdict(with >= 0.9 * without),
+        );
+    }
+    for (request, what) in [
+        (api::SUMMARY, "`GET /api/alerts/summary/`"),
+        (api::SEARCH, "a `q=` search"),
+    ] {
+        let target = format!("{what} p99 < 10 ms at 16 connections");
+        match m
+            .cells
+            .iter()
+            .find(|c| c.connections == 16 && c.request == request)
+        {
+            Some(cell) => {
+                let p99 = cell.p99.median();
+                row(target, format!("{p99:.2} ms"), verdict(p99 < 10.0));
+            }
+            None => row(target, NOT.to_owned(), NOT),
+        }
+    }
     let (worker_peak, which) = m
         .pipelines
         .iter()
         .chain(&m.scaling)
+        .chain(m.folding.iter().flatten())
         .flat_map(|p| {
             [
                 (p.ingestor_mib.max(), "ingestor", p),
@@ -1166,7 +1364,12 @@ fn render_checks(out: &mut String, m: &Measured) -> bool {
         "| backend | uids | workers | run | check | expected | found | |\n| --- | --- | --- | ---: | --- | ---: | ---: | --- |"
     );
     let mut ok = true;
-    for p in m.pipelines.iter().chain(&m.scaling) {
+    for p in m
+        .pipelines
+        .iter()
+        .chain(&m.scaling)
+        .chain(m.folding.iter().flatten())
+    {
         for (run, what, expected, found) in &p.checks {
             let passed = expected == found;
             ok &= passed;

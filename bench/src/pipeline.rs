@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use async_nats::jetstream;
 use common::domain::Severity;
 use common::subjects;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tempfile::TempDir;
 use testkit::NatsServer;
 
@@ -43,6 +43,7 @@ pub struct Stack {
     js: jetstream::Context,
     client: async_nats::Client,
     reader: Reader,
+    folding: Folding,
     // Last, so that on an error path the workers are killed before it is dropped.
     database: Database,
 }
@@ -125,7 +126,7 @@ impl Stack {
     /// Starts a fresh broker, a fresh database on `backend`, and `workers` ingestors and
     /// as many alerters (each its own process and metrics port), and waits until they are
     /// ready. They start one at a time, so that only the first migrates the database.
-    pub async fn start(backend: &Backend, workers: usize) -> Result<Stack> {
+    pub async fn start(backend: &Backend, workers: usize, folding: Folding) -> Result<Stack> {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
         let database = Database::create(backend, dir.path()).await?;
@@ -144,8 +145,7 @@ impl Stack {
                         ("NATS_URL", nats.url()),
                         ("DATABASE_URL", db_url.clone()),
                         ("METRICS_ADDR", format!("127.0.0.1:{port}")),
-                        // One alert per escalation: the checks count one for each.
-                        ("ALERT_FOLD_KEY", "none".to_owned()),
+                        ("ALERT_FOLD_KEY", folding.fold_key().to_owned()),
                     ],
                     &log_dir,
                 )?;
@@ -175,6 +175,7 @@ impl Stack {
             client,
             reader,
             database,
+            folding,
         })
     }
 
@@ -258,6 +259,46 @@ impl Stack {
         }
     }
 
+    /// Waits until the alerters have acknowledged every escalation, `expected` of them at
+    /// least (each counted in an alert and committed); returns when they had.
+    async fn wait_folded(&self, expected: u64, deadline: Instant) -> Result<Instant> {
+        let mut stream = self
+            .js
+            .get_stream(subjects::ESCALATIONS_STREAM)
+            .await
+            .map_err(|e| anyhow::anyhow!("finding ESCALATIONS: {e}"))?;
+        let mut consumer: jetstream::consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(subjects::ALERTER_CONSUMER, subjects::ESCALATIONS_STREAM)
+            .await
+            .map_err(|e| anyhow::anyhow!("finding the alerter's consumer: {e}"))?;
+        loop {
+            let published = stream
+                .info()
+                .await
+                .map_err(|e| anyhow::anyhow!("stream info: {e}"))?
+                .state
+                .last_sequence;
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| anyhow::anyhow!("consumer info: {e}"))?;
+            if published >= expected
+                && info.ack_floor.stream_sequence >= published
+                && info.num_ack_pending == 0
+            {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the alerters took up to {} of {published} escalations before the deadline",
+                    info.ack_floor.stream_sequence
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Publishes `events` as fast as the broker takes them, and measures how fast the
     /// pipeline stores them and notifies their alerts.
     pub async fn sustained(&self, events: &[Outgoing], run: &mut PipelineRun) -> Result<()> {
@@ -289,9 +330,13 @@ impl Stack {
             Instant::now() + Duration::from_secs(900) + Duration::from_millis(events.len() as u64);
         let stored_at = self.wait_stored(last_seq, deadline).await?;
         let escalated = load::at_or_above(events, Severity::High);
-        let alerted_at = self
-            .wait_alerted(alerts_before + escalated, deadline)
-            .await?;
+        let alerted_at = match self.folding {
+            Folding::Off => {
+                self.wait_alerted(alerts_before + escalated, deadline)
+                    .await?
+            }
+            Folding::Keys { .. } => self.wait_folded(escalated, deadline).await?,
+        };
         let mut cpu = meter.stop();
         cpu.events = events.len() as u64;
         run.cpu = Some(cpu);
@@ -446,7 +491,7 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("stream info: {e}"))?
             .state
             .messages;
-        run.checks = vec![
+        let mut checks = vec![
             (
                 "events stored = events sent".to_owned(),
                 sent.len() as u64,
@@ -458,18 +503,54 @@ impl Stack {
                 self.count("SELECT COUNT(*) FROM events WHERE severity >= 3")
                     .await?,
             ),
-            (
-                "alerts = escalated events".to_owned(),
-                escalated,
-                self.count("SELECT COUNT(*) FROM alerts").await?,
-            ),
-            (
-                "alerts.created notifications = alerts".to_owned(),
-                escalated,
-                notified,
-            ),
-            ("dead-lettered".to_owned(), 0, dead),
         ];
+        let alerts = self.count("SELECT COUNT(*) FROM alerts").await?;
+        match self.folding {
+            Folding::Off => checks.extend([
+                ("alerts = escalated events".to_owned(), escalated, alerts),
+                (
+                    "alerts.created notifications = alerts".to_owned(),
+                    escalated,
+                    notified,
+                ),
+            ]),
+            Folding::Keys { keys } => {
+                let created = stream
+                    .info_with_subjects("alerts.created.>")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("stream info: {e}"))?
+                    .try_fold(0u64, |sum, (_, n)| async move { Ok(sum + n as u64) })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("stream subjects: {e}"))?;
+                checks.extend([
+                    (
+                        "alerts = fold keys (repeats folded)".to_owned(),
+                        keys.min(escalated),
+                        alerts,
+                    ),
+                    (
+                        "sum of the alerts' counts = escalated events".to_owned(),
+                        escalated,
+                        self.count(
+                            "SELECT CAST(COALESCE(SUM(event_count), 0) AS BIGINT) FROM alerts",
+                        )
+                        .await?,
+                    ),
+                    (
+                        "escalated events each in one alert (`alert_events`)".to_owned(),
+                        escalated,
+                        self.count("SELECT COUNT(*) FROM alert_events").await?,
+                    ),
+                    (
+                        "alerts.created notifications = alerts".to_owned(),
+                        keys.min(escalated),
+                        created,
+                    ),
+                ]);
+            }
+        }
+        checks.push(("dead-lettered".to_owned(), 0, dead));
+        run.checks = checks;
         Ok(())
     }
 
@@ -554,15 +635,74 @@ pub struct Plan<'a> {
     pub latency: Option<Phases>,
     /// Where to copy the database after the sustained phase (SQLite only).
     pub snapshot_to: Option<&'a Path>,
+    /// The load and how the alerters fold it.
+    pub load: Load,
+}
+
+/// What a pipeline run publishes, and how its alerters fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// [`load::events`] with `ALERT_FOLD_KEY=none`: one alert per escalation, the
+    /// original's behaviour, which the checks count.
+    Generated,
+    /// [`load::fold_events`] over `keys` fold keys, the alerters folding by `folding`.
+    Repeating {
+        /// (`sourceName`, `eventType`) pairs the escalated events fall on.
+        keys: u64,
+        /// How the alerters fold them.
+        folding: Folding,
+    },
+}
+
+/// How the alerters fold escalations into alerts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Folding {
+    /// `ALERT_FOLD_KEY=none`: one alert per escalation.
+    Off,
+    /// The default key, `sourceName,eventType`, over a load of `keys` such pairs.
+    Keys {
+        /// The pairs the load's escalations fall on (the alerts the checks expect).
+        keys: u64,
+    },
+}
+
+impl Folding {
+    /// The alerters' `ALERT_FOLD_KEY`.
+    fn fold_key(self) -> &'static str {
+        match self {
+            Folding::Off => "none",
+            Folding::Keys { .. } => "sourceName,eventType",
+        }
+    }
+}
+
+impl Load {
+    fn folding(self) -> Folding {
+        match self {
+            Load::Generated => Folding::Off,
+            Load::Repeating { folding, .. } => folding,
+        }
+    }
+
+    fn events(self, count: u64, seed: u64, uids: Uids) -> Result<Vec<Outgoing>> {
+        match self {
+            Load::Generated => load::events(count, seed, uids),
+            Load::Repeating { keys, .. } => load::fold_events(count, seed, uids, keys),
+        }
+    }
 }
 
 /// One whole pipeline run: the sustained phase (sampling PostgreSQL's locks when several
 /// workers share the database), then the latency phases, with the correctness checks
 /// after each. Returns the broker and the run's directory (the api benchmark reuses them).
 pub async fn run(plan: Plan<'_>) -> Result<(PipelineRun, NatsServer, TempDir)> {
+    ensure!(
+        plan.latency.is_none() || plan.load == Load::Generated,
+        "the latency phases count an alert per escalation: they need the generated load"
+    );
     let mut run = PipelineRun::default();
-    let events = load::events(plan.events, plan.seed, plan.uids)?;
-    let stack = Stack::start(plan.backend, plan.workers).await?;
+    let events = plan.load.events(plan.events, plan.seed, plan.uids)?;
+    let stack = Stack::start(plan.backend, plan.workers, plan.load.folding()).await?;
     let sampler = match stack.postgres_url() {
         Some(url) if plan.workers > 1 => Some(LockSampler::start(&url).await?),
         _ => None,

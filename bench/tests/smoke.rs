@@ -73,11 +73,22 @@ fn a_tiny_benchmark_passes_every_check_on_both_backends() {
         report.contains("| SQLite | v4 | 1+1 |") && report.contains("| SQLite | v7 | 1+1 |"),
         "SQLite checks of both uid kinds are missing:\n{report}"
     );
+    for row in [
+        "| SQLite | v4 | 1+1, 1,000 keys, `none` |",
+        "| SQLite | v4 | 1+1, 1,000 keys, folded |",
+    ] {
+        assert!(report.contains(row), "no folding checks `{row}`:\n{report}");
+    }
+    assert!(
+        report.contains("GET /api/alerts/summary/") && report.contains("?q=ransomware"),
+        "the summary and search scenarios are missing:\n{report}"
+    );
     if postgres != "off" {
         for row in [
             "| PostgreSQL | v4 | 1+1 |",
             "| PostgreSQL | v7 | 1+1 |",
             "| PostgreSQL | v4 | 2+2 |",
+            "| PostgreSQL | v4 | 1+1, 1,000 keys, folded |",
         ] {
             assert!(
                 report.contains(row),
