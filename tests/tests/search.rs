@@ -168,4 +168,40 @@ async fn a_search_finds_whole_words_of_sensor_type_and_description_with_any_filt
         .await
         .unwrap();
     assert_eq!(newest.len(), 1);
+
+    // A search alone is counted and paged by the search index itself (SQLite); naming every
+    // status takes the general path: both give the same count and the same pages.
+    let alone = AlertFilter {
+        search: Some(search_words("scan")),
+        ..AlertFilter::default()
+    };
+    let general = AlertFilter {
+        status: AlertStatus::ALL.to_vec(),
+        ..alone.clone()
+    };
+    let count = storage.count_alerts_matching(&alone).await.unwrap();
+    assert!(count >= 2, "several alerts hold \"scan\": {count}");
+    assert_eq!(
+        count,
+        storage.count_alerts_matching(&general).await.unwrap()
+    );
+    for ordering in [AlertOrdering::NewestFirst, AlertOrdering::OldestFirst] {
+        for offset in 0..=count {
+            let page = |filter: AlertFilter| {
+                let storage = storage.clone();
+                async move {
+                    storage
+                        .list_alerts(&filter, ordering, 1, offset)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|a| a.id)
+                        .collect::<Vec<_>>()
+                }
+            };
+            let (a, b) = (page(alone.clone()).await, page(general.clone()).await);
+            assert_eq!(a, b, "{ordering:?}, offset {offset}");
+            assert_eq!(a.len(), usize::from(offset < count));
+        }
+    }
 }

@@ -137,6 +137,16 @@ pub(super) fn full_text(words: &[String]) -> Condition {
     }
 }
 
+/// An FTS5 query holding every one of `words` (space-separated, letters and digits only):
+/// each quoted, so that none is an operator.
+pub(super) fn fts5_query(words: &str) -> String {
+    words
+        .split(' ')
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Appends ` WHERE a = … AND b = …`; nothing when there are no conditions.
 pub(super) fn push_where<DB: BindValue>(query: &mut QueryBuilder<DB>, conditions: &[Condition]) {
     for (i, condition) in conditions.iter().enumerate() {
@@ -146,9 +156,8 @@ pub(super) fn push_where<DB: BindValue>(query: &mut QueryBuilder<DB>, conditions
                 continue;
             };
             if DB::NAME == "SQLite" {
-                let quoted: Vec<String> = words.split(' ').map(|w| format!("\"{w}\"")).collect();
                 query.push("id IN (SELECT rowid FROM alert_search WHERE alert_search MATCH ");
-                DB::push_value(query, Value::Text(quoted.join(" ")));
+                DB::push_value(query, Value::Text(fts5_query(words)));
             } else {
                 query.push("search @@ plainto_tsquery('simple', ");
                 DB::push_value(query, Value::Text(words.clone()));

@@ -19,7 +19,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use super::listing::{CountTables, ListFilter, shared_conditions};
-use super::sql::{Condition, Value, any_of, condition, full_text};
+use super::sql::{Condition, Value, any_of, condition, fts5_query, full_text};
 use super::{Storage, StorageError, on_pool};
 use crate::domain::{Alert, AlertStatus, CloseReason, Severity, from_micros};
 use serde_json::Map;
@@ -130,6 +130,31 @@ pub struct AlertFilter {
     /// Words that must all be in the alert's sensor, event type or first event's description
     /// (whole words, any case); see [`search_words`].
     pub search: Option<Vec<String>>,
+}
+
+impl AlertFilter {
+    /// The words of a search that is the filter's only condition (and has words).
+    fn search_only(&self) -> Option<&[String]> {
+        // Destructured so that a new field must be considered here.
+        let AlertFilter {
+            status,
+            severity,
+            event_type,
+            source_name,
+            created_from,
+            created_to,
+            assignee,
+            search,
+        } = self;
+        let alone = status.is_empty()
+            && severity.is_empty()
+            && event_type.is_empty()
+            && source_name.is_empty()
+            && created_from.is_none()
+            && created_to.is_none()
+            && assignee.is_none();
+        search.as_deref().filter(|words| alone && !words.is_empty())
+    }
 }
 
 /// The words of a search (`q=`): runs of letters and digits, lower-cased. Anything else
@@ -427,6 +452,17 @@ impl Storage {
     /// the sensor (not both) is answered from a counts table (a few rows); any other counts
     /// the matching rows.
     pub async fn count_alerts_matching(&self, filter: &AlertFilter) -> Result<i64, StorageError> {
+        // A search alone on SQLite: the FTS index counts its matches (every alert has one
+        // search document, written with it) without looking up each alert.
+        if let (Storage::Sqlite(pool, _), Some(words)) = (self, filter.search_only()) {
+            let count = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM alert_search WHERE alert_search MATCH $1",
+            )
+            .bind(fts5_query(&words.join(" ")))
+            .fetch_one(pool)
+            .await?;
+            return Ok(count);
+        }
         self.count_matching(filter).await
     }
 
@@ -439,6 +475,30 @@ impl Storage {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Alert>, StorageError> {
+        // A search alone on SQLite, in id order: the FTS index holds its matches by rowid (the
+        // alert id), so it pages them itself, instead of every match being looked up and
+        // sorted to keep one page.
+        let by_id = match ordering {
+            AlertOrdering::NewestFirst => Some("DESC"),
+            AlertOrdering::OldestFirst => Some("ASC"),
+            _ => None,
+        };
+        if let (Storage::Sqlite(pool, _), Some(words), Some(direction)) =
+            (self, filter.search_only(), by_id)
+        {
+            let sql = format!(
+                "{SELECT_ALERT} WHERE id IN (SELECT rowid FROM alert_search \
+                 WHERE alert_search MATCH $1 ORDER BY rowid {direction} LIMIT $2 OFFSET $3) \
+                 ORDER BY id {direction}"
+            );
+            let rows: Vec<AlertRow> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(fts5_query(&words.join(" ")))
+                .bind(limit.max(0))
+                .bind(offset.max(0))
+                .fetch_all(pool)
+                .await?;
+            return rows.into_iter().map(Alert::try_from).collect();
+        }
         let rows: Vec<AlertRow> = self
             .list_matching(filter, ordering.sql(), limit, offset)
             .await?;

@@ -121,17 +121,19 @@ impl Storage {
         let sources_sql = top(sources.by_source, "source_name");
         let types_sql = top(sources.by_type, "event_type");
         let (rows, top_sources, top_types) = on_pool!(self, |pool| {
+            // One connection for the three reads, not one from the pool for each.
+            let mut connection = pool.acquire().await?;
             let rows = sqlx::query_as::<Db, (String, i16, i64)>(AssertSqlSafe(by_status_sql))
                 .bind(first_hour)
-                .fetch_all(pool)
+                .fetch_all(&mut *connection)
                 .await?;
             let top_sources = sqlx::query_as::<Db, (String, i64)>(AssertSqlSafe(sources_sql))
                 .bind(first_hour)
-                .fetch_all(pool)
+                .fetch_all(&mut *connection)
                 .await?;
             let top_types = sqlx::query_as::<Db, (String, i64)>(AssertSqlSafe(types_sql))
                 .bind(first_hour)
-                .fetch_all(pool)
+                .fetch_all(&mut *connection)
                 .await?;
             (rows, top_sources, top_types)
         });
