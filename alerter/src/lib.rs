@@ -16,6 +16,7 @@ use chrono::Utc;
 use common::bus::{self, BusError};
 use common::config::{Connections, Pulling};
 use common::domain::{Event, FoldKey};
+use common::notify::{Notifier, NotifySettings};
 use common::ops;
 use common::storage::{CreatedAlerts, Folding, Storage};
 use common::subjects::{self, STAGE_ALERT};
@@ -48,6 +49,26 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub alert_fold_window_secs: u64,
 
+    /// Notifications: timeouts, retries, targets, SMTP.
+    #[command(flatten)]
+    pub notify: NotifySettings,
+
+    /// Deliver notifications (webhook, Slack, e-mail routes) from this alerter; `false`
+    /// leaves it to other alerters.
+    #[arg(long, env = "NOTIFY_DELIVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub notify_delivery: bool,
+
+    /// Attempts in flight at once to one route (routes never wait for each other).
+    #[arg(long, env = "NOTIFY_CONCURRENCY_PER_ROUTE", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub notify_concurrency_per_route: u64,
+
+    /// A TOML file of notification routes, loaded at start: each `[[route]]` replaces the
+    /// route of its name (see the README). A webhook's secret may come from
+    /// `secret_file = "/run/secrets/…"` instead of the file itself.
+    #[arg(long, env = "NOTIFY_ROUTES_FILE")]
+    pub notify_routes_file: Option<std::path::PathBuf>,
+
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`off` to disable).
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102",
           value_parser = common::ops::parse_listen_addr)]
@@ -55,6 +76,9 @@ pub struct Settings {
 }
 
 pub use common::worker::StartError;
+
+pub mod delivery;
+pub mod routes_file;
 
 /// One alerter: the step that turns a batch of escalations into notified alerts.
 #[derive(Debug, Clone)]
@@ -205,19 +229,55 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             key: settings.alert_fold_key.clone(),
             window_secs: settings.alert_fold_window_secs,
         });
+    if let Some(path) = &settings.notify_routes_file {
+        routes_file::load(&connected.storage, path)
+            .await
+            .map_err(|err| StartError::Config(err.to_string()))?;
+    }
+    let delivery = if settings.notify_delivery {
+        let notifier = Notifier::new(settings.notify.clone())
+            .map_err(|err| StartError::Config(common::telemetry::error_chain(&err)))?;
+        Some(delivery::Delivery::new(
+            connected.storage.clone(),
+            connected.js.clone(),
+            notifier,
+            usize::try_from(settings.notify_concurrency_per_route).unwrap_or(4),
+        ))
+    } else {
+        None
+    };
     let source = Source {
         stream: subjects::ESCALATIONS_STREAM,
         consumer: subjects::alerter_consumer(settings.pulling.ack_wait()),
         batch_size: usize::from(settings.pulling.batch_size),
         batches_in_flight: usize::from(settings.pulling.batches_in_flight),
     };
-    worker::run_worker(
+    let notifying = async {
+        let Some(delivery) = delivery else { return };
+        let intake = Source {
+            stream: subjects::ALERTS_STREAM,
+            consumer: subjects::notifier_consumer(settings.pulling.ack_wait()),
+            batch_size: usize::from(settings.pulling.batch_size),
+            batches_in_flight: 1,
+        };
+        let dispatching = delivery.clone().dispatch(shutdown.clone());
+        let recording = worker::run_batches(
+            connected.js.clone(),
+            intake,
+            common::ops::Readiness::new(),
+            shutdown.clone(),
+            |batch| delivery.intake(batch),
+        );
+        tokio::join!(dispatching, recording);
+    };
+    let alerting = worker::run_worker(
         "alerter",
-        connected,
+        connected.clone(),
         source,
         settings.metrics_addr.0,
-        shutdown,
+        shutdown.clone(),
         |batch| alerter.handle_batch(batch),
-    )
-    .await
+    );
+    let (alerted, ()) = tokio::join!(alerting, notifying);
+    alerted
 }

@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use common::bus::{self, BusError};
 use common::domain::Role;
+use common::notify::Notifier;
 use common::storage::{NewUser, Storage, StorageError};
 use common::subjects;
 use tokio::net::TcpListener;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// The password hasher could not be set up or could not hash `ADMIN_PASSWORD`.
     #[error("ADMIN_PASSWORD: cannot hash the password")]
     Hashing(#[source] ApiError),
+    /// The notification settings (`SMTP_URL`, `SMTP_FROM`) are unusable.
+    #[error("notification settings")]
+    Notify(#[source] common::notify::NotifyError),
     /// `API_ADDR` could not be bound.
     #[error("API_ADDR: cannot listen on {addr}")]
     Bind {
@@ -79,7 +83,7 @@ pub enum StartError {
 
 /// The router: every route of [`routes::ROUTES`], without trailing slashes.
 pub fn router(state: AppState) -> Router {
-    use routes::{alerts, auth, events, health, users};
+    use routes::{alerts, auth, events, health, notifications, users};
     let mut router = Router::new()
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))
@@ -107,6 +111,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/alerts/bulk", post(alerts::bulk))
         .route("/api/alerts/summary", get(alerts::summary))
+        .route(
+            "/api/alerts/{id}/deliveries",
+            get(notifications::deliveries),
+        )
+        .route(
+            "/api/notification-routes",
+            get(notifications::list).post(notifications::create),
+        )
+        .route(
+            "/api/notification-routes/{id}",
+            get(notifications::get)
+                .patch(notifications::update)
+                .delete(notifications::delete),
+        )
+        .route(
+            "/api/notification-routes/{id}/test",
+            post(notifications::test),
+        )
         .route("/api/schema", get(openapi::schema))
         .route("/api/docs", get(openapi::docs))
         .route(openapi::DOCS_SCRIPT_PATH, get(openapi::docs_script))
@@ -177,6 +199,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     // One hash at a time: each holds 12 MiB of argon2 memory, the api's budget is 64 MiB,
     // and one core still checks ~65 logins a second (the original managed 3).
     let passwords = Passwords::new(1).map_err(StartError::Hashing)?;
+    let notifier = Notifier::new(settings.notify.clone()).map_err(StartError::Notify)?;
     let state = AppState::new(Shared {
         tokens: Tokens::new(&secret, settings.access_ttl(), settings.refresh_ttl()),
         limiter: LoginLimiter::new(
@@ -188,6 +211,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         nats,
         js,
         passwords,
+        notifier,
         settings,
         shutdown: CancellationToken::new(),
         published: updates::PublishedChanges::default(),

@@ -53,6 +53,13 @@ use crate::routes;
         routes::alerts::stream,
         routes::alerts::bulk,
         routes::alerts::summary,
+        routes::notifications::deliveries,
+        routes::notifications::list,
+        routes::notifications::create,
+        routes::notifications::get,
+        routes::notifications::update,
+        routes::notifications::delete,
+        routes::notifications::test,
         schema,
         docs,
         docs_script,
@@ -67,6 +74,7 @@ use crate::routes;
         (name = "users", description = "User management (admins)"),
         (name = "events", description = "Security events"),
         (name = "alerts", description = "Alerts raised for HIGH and CRITICAL events, repeats folded in"),
+        (name = "notifications", description = "Where alerts are sent: webhooks, Slack, e-mail (admins)"),
         (name = "health", description = "Liveness, readiness and this documentation"),
     )
 )]

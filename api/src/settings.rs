@@ -105,6 +105,10 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub login_failure_window_secs: u64,
 
+    /// Notifications: the api sends a route's test message itself, with these settings.
+    #[command(flatten)]
+    pub notify: common::notify::NotifySettings,
+
     /// Origins allowed to call the API from a browser (comma-separated); none by default.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,

@@ -28,6 +28,8 @@ pub struct Shared {
     pub passwords: Passwords,
     /// Failed-login limits.
     pub limiter: LoginLimiter,
+    /// Sends test notifications (`POST /api/notification-routes/{id}/test/`).
+    pub notifier: common::notify::Notifier,
     /// The settings served with.
     pub settings: Settings,
     /// Cancelled when the server stops: ends live streams so that shutdown can finish.

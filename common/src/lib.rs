@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod notify;
 pub mod ops;
 pub mod shutdown;
 pub mod storage;

@@ -35,6 +35,14 @@ pub const EVENTS_FOLDED: &str = "threatmon_events_folded_total";
 pub const ALERT_NOTIFICATIONS: &str = "threatmon_alert_notifications_total";
 /// `alerts.updated.*` notifications published late by the api's relay (NATS was away).
 pub const ALERT_UPDATES_RELAYED: &str = "threatmon_alert_updates_relayed_total";
+/// Notification attempts, by route and outcome.
+pub const NOTIFY_ATTEMPTS: &str = "threatmon_notification_attempts_total";
+/// Notifications delivered or given up on, by route and outcome.
+pub const NOTIFY_DELIVERIES: &str = "threatmon_notification_deliveries_total";
+/// How long a notification attempt took, by kind.
+pub const NOTIFY_LATENCY: &str = "threatmon_notification_attempt_duration_seconds";
+/// Age of the oldest notification still waiting to be delivered.
+pub const NOTIFY_QUEUE_AGE: &str = "threatmon_notification_queue_age_seconds";
 /// Messages handed back for a later attempt, by `worker`.
 pub const RETRIES: &str = "threatmon_retries_total";
 /// Messages per batch, by `worker`.
@@ -143,6 +151,30 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         Unit::Count,
         "alerts.updated notifications published late by the api's relay, after NATS was away.",
+    ),
+    family(
+        NOTIFY_ATTEMPTS,
+        Kind::Counter,
+        Unit::Count,
+        "Notification attempts (webhook, Slack, e-mail), by route and outcome (delivered, retrying, failed).",
+    ),
+    family(
+        NOTIFY_DELIVERIES,
+        Kind::Counter,
+        Unit::Count,
+        "Notifications finished, by route and outcome: delivered, or failed and dead-lettered.",
+    ),
+    family(
+        NOTIFY_LATENCY,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time a notification attempt took, by kind of route.",
+    ),
+    family(
+        NOTIFY_QUEUE_AGE,
+        Kind::Gauge,
+        Unit::Seconds,
+        "Age of the oldest notification not yet delivered (0 when none waits).",
     ),
     family(
         RETRIES,

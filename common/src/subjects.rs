@@ -43,6 +43,11 @@ pub const INGESTOR_CONSUMER: &str = "ingestor";
 /// Durable consumer the alerters share on [`ESCALATIONS_STREAM`].
 pub const ALERTER_CONSUMER: &str = "alerter";
 
+/// Durable consumer the alerters' notification delivery shares on [`ALERTS_STREAM`].
+pub const NOTIFIER_CONSUMER: &str = "notifier";
+/// The dead-letter stage of notification delivery (`deadletter.notify`).
+pub const STAGE_NOTIFY: &str = "notify";
+
 /// The dead-letter stage of the ingestor.
 pub const STAGE_INGEST: &str = "ingest";
 /// The dead-letter stage of the alerter.
@@ -221,6 +226,15 @@ pub fn ingestor_consumer(ack_wait: Duration) -> pull::Config {
 /// The alerters' consumer on [`ESCALATIONS_STREAM`].
 pub fn alerter_consumer(ack_wait: Duration) -> pull::Config {
     durable(ALERTER_CONSUMER, ESCALATIONS_ALL, ack_wait)
+}
+
+/// The notification delivery's consumer on [`ALERTS_STREAM`]: from the first message
+/// published after it is made (a new deployment does not notify 30 days of old alerts).
+pub fn notifier_consumer(ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        deliver_policy: DeliverPolicy::New,
+        ..durable(NOTIFIER_CONSUMER, ALERTS_ALL, ack_wait)
+    }
 }
 
 #[cfg(test)]

@@ -530,6 +530,9 @@ pub enum StartError {
     /// NATS (`NATS_URL`) could not be reached or set up.
     #[error("NATS_URL: {0}")]
     Nats(#[from] BusError),
+    /// A setting is unusable (`NOTIFY_ROUTES_FILE`, `SMTP_URL`, …), with why.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The operations port (`METRICS_ADDR`) could not be bound.
     #[error("METRICS_ADDR: cannot listen on {addr}")]
     Metrics {

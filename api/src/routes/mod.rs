@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod auth;
 pub mod events;
 pub mod health;
+pub mod notifications;
 pub mod users;
 
 use axum::extract::rejection::PathRejection;
@@ -38,6 +39,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/alerts/stream"),
     ("POST", "/api/alerts/bulk"),
     ("GET", "/api/alerts/summary"),
+    ("GET", "/api/alerts/{id}/deliveries"),
+    ("GET", "/api/notification-routes"),
+    ("POST", "/api/notification-routes"),
+    ("GET", "/api/notification-routes/{id}"),
+    ("PATCH", "/api/notification-routes/{id}"),
+    ("DELETE", "/api/notification-routes/{id}"),
+    ("POST", "/api/notification-routes/{id}/test"),
     ("GET", "/api/schema"),
     ("GET", "/api/docs"),
     ("GET", crate::openapi::DOCS_SCRIPT_PATH),

@@ -289,7 +289,9 @@ impl ServedApi {
     pub async fn start() -> ServedApi {
         let nats = NatsServer::start();
         let db = TestDb::new().await;
-        let app = api::Application::build(settings(&nats, &db, &[]))
+        // A route test (POST /api/notification-routes/{id}/test/) to a host that never
+        // answers is cut after a second, not ten.
+        let app = api::Application::build(settings(&nats, &db, &["--notify-timeout-secs", "1"]))
             .await
             .expect("api builds");
         let addr = app.local_addr().expect("bound address");

@@ -8,6 +8,7 @@ mod alert;
 mod errors;
 mod event;
 mod fold;
+mod route;
 mod severity;
 mod time;
 mod user;
@@ -18,6 +19,10 @@ pub use event::{
     Event, EventIn, EventRejection, NewEvent, check_idempotency_key, identifier_problem,
 };
 pub use fold::{BadFoldKey, FoldKey, FoldValue};
+pub use route::{
+    DEFAULT_TRIGGERS, MAX_ROUTE_LIST, MIN_REPEAT_SECS, Matched, ROUTE_TRIGGERS, RouteKind,
+    RouteSpec, Trigger, check_url, is_private_address, new_secret, secret_bytes,
+};
 pub use severity::Severity;
 pub use time::{from_micros, to_micros};
 pub use user::{Role, UnknownRole, User};

@@ -24,6 +24,7 @@ mod alerts;
 mod counts;
 mod events;
 mod listing;
+mod notifications;
 mod sql;
 mod users;
 
@@ -41,6 +42,10 @@ pub use alerts::{
     StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount, search_words,
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
+pub use notifications::{
+    AttemptOutcome, AttemptResult, ClaimedDelivery, DeliveryAttempt, NewDelivery, Route,
+    delivery_webhook_id,
+};
 pub use users::{NewUser, UserChanges};
 
 /// Runs the same expression against whichever pool backs the storage; the expression is

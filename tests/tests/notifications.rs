@@ -1,0 +1,275 @@
+//! Notifications that reach people, on the backend under test: a real webhook receiver (a
+//! Python process on a loopback port, verifying each signature with the Standard Webhooks
+//! reference library) gets each alert once, after retries; one that never accepts ends in
+//! `deadletter.notify`, with every attempt and its back-off in the delivery log.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use chrono::Utc;
+use common::domain::{RouteSpec, Severity, new_secret};
+use common::storage::{AttemptOutcome, DeliveryAttempt, Storage};
+use common::subjects;
+use serde_json::{Value, json};
+use testkit::eventually;
+use threatmon_tests::{PATIENCE, Pipeline};
+
+/// The Python with the `standardwebhooks` library (scripts/test sets it; the venv of
+/// scripts/tools).
+fn python() -> String {
+    std::env::var("THREATMON_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// A webhook receiver process; killed when dropped.
+struct Receiver {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start(secret: &str, extra: &[&str]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("requests.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("receivers/webhook.py");
+        let child = Command::new(python())
+            .arg(script)
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .env("RECEIVER_SECRET", secret)
+            .spawn()
+            .expect("starting the webhook receiver (python3 with standardwebhooks)");
+        let port = eventually(Duration::from_secs(20), "the receiver to listen", || {
+            let port_file = port_file.clone();
+            async move { std::fs::read_to_string(port_file).ok()?.trim().parse().ok() }
+        })
+        .await;
+        Receiver {
+            child,
+            log,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The requests it got, in order.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn webhook_route(storage: &Storage, name: &str, url: &str, secret: &str) -> i64 {
+    let body = json!({"name": name, "kind": "webhook", "url": url, "secret": secret,
+        "min_severity": "HIGH"});
+    let spec = RouteSpec::parse(body.as_object().unwrap(), None).unwrap();
+    storage.create_route(&spec, Utc::now()).await.unwrap().id
+}
+
+/// Settings that retry quickly: a first back-off of 200 ms, private targets allowed.
+fn quick(retry_for_secs: &str) -> Vec<&str> {
+    vec![
+        "--notify-allow-private-targets",
+        "true",
+        "--notify-backoff-first-ms",
+        "200",
+        "--notify-retry-for-secs",
+        retry_for_secs,
+    ]
+}
+
+async fn one_alert(pipeline: &Pipeline) -> i64 {
+    let event = json!({"sourceName": "fw-edge-01", "eventType": "port_scan",
+        "severity": "CRITICAL", "description": "ports probed"});
+    pipeline.publish_event(&event, Some("notify-test-1")).await;
+    pipeline.wait_for_alerts(1).await;
+    let alerts = pipeline
+        .storage
+        .list_alerts(
+            &Default::default(),
+            common::storage::AlertOrdering::NewestFirst,
+            1,
+            0,
+        )
+        .await
+        .unwrap();
+    alerts[0].id
+}
+
+async fn attempts(storage: &Storage, alert: i64) -> Vec<DeliveryAttempt> {
+    storage.alert_attempts(alert, 100, 0).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_webhook_that_fails_three_times_gets_the_alert_once_on_the_fourth_signed() {
+    let pipeline = Pipeline::start().await;
+    let secret = new_secret().unwrap();
+    let receiver = Receiver::start(&secret, &["--fail-first", "3"]).await;
+    webhook_route(&pipeline.storage, "soc", &receiver.url(), &secret).await;
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("600")));
+    let alert = one_alert(&pipeline).await;
+
+    let log = eventually(PATIENCE, "the fourth attempt delivered", || {
+        let storage = pipeline.storage.clone();
+        async move {
+            let log = attempts(&storage, alert).await;
+            log.iter()
+                .any(|a| a.outcome == AttemptOutcome::Delivered)
+                .then_some(log)
+        }
+    })
+    .await;
+    let outcomes: Vec<AttemptOutcome> = log.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            AttemptOutcome::Retrying,
+            AttemptOutcome::Retrying,
+            AttemptOutcome::Retrying,
+            AttemptOutcome::Delivered
+        ],
+        "{log:#?}"
+    );
+    for (i, attempt) in log.iter().enumerate() {
+        assert_eq!(attempt.attempt, i as i64 + 1);
+        assert_eq!(
+            attempt.webhook_id, log[0].webhook_id,
+            "one webhook-id for every attempt"
+        );
+        assert_eq!(attempt.status_code, Some(if i < 3 { 500 } else { 200 }));
+        assert_eq!(attempt.trigger, "created");
+        if i < 3 {
+            let next = attempt.next_attempt_at.expect("a retry time");
+            assert!(
+                next > attempt.started_at,
+                "the back-off is after the attempt"
+            );
+            assert!(
+                log[i + 1].started_at >= next,
+                "attempt {} began before its back-off ended",
+                i + 2
+            );
+        }
+    }
+
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    let accepted: Vec<&Value> = requests.iter().filter(|r| r["status"] == 200).collect();
+    assert_eq!(accepted.len(), 1, "received once: {requests:#?}");
+    for request in &requests {
+        assert_eq!(
+            request["verified"], true,
+            "the Standard Webhooks library verifies the signature: {request}"
+        );
+        assert_eq!(request["webhook_id"], log[0].webhook_id.as_str());
+    }
+    let body = &accepted[0]["body"];
+    assert_eq!(body["type"], "alert.created");
+    assert_eq!(body["alert"]["id"], alert);
+    assert_eq!(body["alert"]["sourceName"], "fw-edge-01");
+
+    // Nothing more comes: the delivery is done.
+    pipeline
+        .wait_consumer_drained(subjects::ALERTS_STREAM, subjects::NOTIFIER_CONSUMER)
+        .await;
+    assert_eq!(attempts(&pipeline.storage, alert).await.len(), 4);
+    alerter.stop().await;
+    ingestor.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_attempt_logged() {
+    let pipeline = Pipeline::start().await;
+    let secret = new_secret().unwrap();
+    let receiver = Receiver::start(&secret, &["--fail-first", "1000000"]).await;
+    let route = webhook_route(&pipeline.storage, "down", &receiver.url(), &secret).await;
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("3")));
+    let alert = one_alert(&pipeline).await;
+
+    let log = eventually(PATIENCE, "the delivery to fail for good", || {
+        let storage = pipeline.storage.clone();
+        async move {
+            let log = attempts(&storage, alert).await;
+            log.iter()
+                .any(|a| a.outcome == AttemptOutcome::Failed)
+                .then_some(log)
+        }
+    })
+    .await;
+    assert!(log.len() >= 3, "several attempts in 3 s: {log:#?}");
+    let (last, retried) = log.split_last().unwrap();
+    assert_eq!(last.outcome, AttemptOutcome::Failed);
+    assert_eq!(last.next_attempt_at, None);
+    let mut waits = Vec::new();
+    for (i, attempt) in retried.iter().enumerate() {
+        assert_eq!(attempt.outcome, AttemptOutcome::Retrying, "{log:#?}");
+        assert_eq!(attempt.status_code, Some(500));
+        let next = attempt.next_attempt_at.expect("a retry time");
+        waits.push(next - attempt.finished_at.unwrap());
+        assert!(log[i + 1].started_at >= next);
+    }
+    assert!(
+        waits.windows(2).all(|w| w[1] >= w[0]),
+        "the back-off grows: {waits:?}"
+    );
+    assert_eq!(
+        receiver.requests().len(),
+        log.len(),
+        "every attempt reached it"
+    );
+
+    let dead = eventually(PATIENCE, "one deadletter.notify message", || {
+        let pipeline = &pipeline;
+        async move {
+            let messages = pipeline
+                .read_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
+                .await;
+            (!messages.is_empty()).then_some(messages)
+        }
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].headers.as_ref().expect("headers");
+    let route_header = headers.get("Threatmon-Route").expect("the route").as_str();
+    assert!(route_header.contains("down") && route_header.contains(&route.to_string()));
+    let reason = headers
+        .get("Threatmon-Reason")
+        .expect("the reason")
+        .as_str();
+    assert!(reason.contains("500"), "{reason}");
+    let body: Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert_eq!(body["id"], alert, "the alert message is the body");
+    for value in [
+        route_header,
+        reason,
+        &String::from_utf8_lossy(&dead[0].payload),
+    ] {
+        assert!(!value.contains(&secret), "the secret leaked: {value}");
+    }
+    alerter.stop().await;
+    ingestor.stop().await;
+}
