@@ -1113,14 +1113,19 @@ fn render_api(out: &mut String, m: &Measured, args: &Args) {
         "| request | conns | req/s | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |"
     );
     for cell in &m.cells {
+        // No answer within the window has no latencies: say so, not "0 ms".
+        let (p50, p99) = if cell.rate.median() > 0.0 {
+            (ms(&cell.p50), ms(&cell.p99))
+        } else {
+            let none = format!("none answered within {} s", args.api_seconds);
+            (none.clone(), none)
+        };
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {p50} | {p99} |",
             cell.name,
             cell.connections,
             rate(&cell.rate),
-            ms(&cell.p50),
-            ms(&cell.p99)
         );
     }
     let _ = writeln!(
