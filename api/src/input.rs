@@ -61,17 +61,6 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "list",
-        Value::Object(_) => "dict",
-    }
-}
-
 /// The fields of a JSON object body, read one by one; errors accumulate until
 /// [`Fields::finish`].
 #[derive(Debug)]
@@ -92,7 +81,7 @@ impl Fields {
                 "non_field_errors",
                 format!(
                     "Invalid data. Expected a dictionary, but got {}.",
-                    type_name(&other)
+                    common::domain::json_type_name(&other)
                 ),
             )),
         }

@@ -120,15 +120,19 @@ impl Pipeline {
 
     /// Alerter settings for this pipeline, folding by `fold_key` (`ALERT_FOLD_KEY`).
     pub fn alerter_settings_folding(&self, fold_key: &str) -> alerter::Settings {
-        self.alerter_settings_with(&["--alert-fold-key", fold_key])
+        self.alerter_settings_from(fold_key, &[])
     }
 
-    /// Alerter settings for this pipeline (one alert per escalated event) with more flags;
-    /// a later flag wins over an earlier one.
+    /// Alerter settings for this pipeline (one alert per escalated event) with more flags
+    /// (not the fold key).
     pub fn alerter_settings_with(&self, extra: &[&str]) -> alerter::Settings {
+        self.alerter_settings_from("none", extra)
+    }
+
+    fn alerter_settings_from(&self, fold_key: &str, extra: &[&str]) -> alerter::Settings {
         let mut args = vec!["alerter".to_owned()];
         args.extend(self.common_args());
-        args.extend(["--alert-fold-key".to_owned(), "none".to_owned()]);
+        args.extend(["--alert-fold-key".to_owned(), fold_key.to_owned()]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         alerter::Settings::try_parse_from(args).expect("alerter settings")
     }

@@ -339,17 +339,23 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A route test's body: nothing (an empty body or `{}`; other fields are ignored).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+pub struct RouteTestIn {}
+
 /// Sends a test message through the route now (once, no retries) and answers with that
 /// attempt, as the delivery log records it.
 #[utoipa::path(post, path = "/api/notification-routes/{id}/test/", tag = "notifications", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Route id")),
-    responses((status = 200, body = DeliveryAttempt), (status = 401), (status = 403),
-        (status = 404), (status = 503)))]
+    params(("id" = i64, Path, description = "Route id")), request_body = RouteTestIn,
+    responses((status = 200, body = DeliveryAttempt), (status = 400), (status = 401),
+        (status = 403), (status = 404), (status = 413), (status = 415), (status = 503)))]
 pub async fn test(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
+    JsonBody(body): JsonBody,
 ) -> ApiResult<Json<DeliveryAttempt>> {
+    body_object(body)?;
     let id = parse_id(&id)?;
     let route = state.storage.route(id).await?.ok_or(ApiError::NotFound)?;
     let now = Utc::now();

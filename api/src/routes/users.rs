@@ -82,15 +82,8 @@ fn email_field(fields: &mut Fields) -> Option<String> {
         return None;
     }
     let email = fields.string("email", false)?;
-    let valid = email.chars().count() <= MAX_EMAIL_CHARS
-        && !email.chars().any(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !domain.contains('@')
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        });
+    let valid =
+        email.chars().count() <= MAX_EMAIL_CHARS && common::domain::plausible_address(&email);
     if valid {
         Some(email)
     } else {

@@ -139,7 +139,9 @@ impl EventIn {
     }
 }
 
-fn json_type_name(value: &Value) -> &'static str {
+/// The name DRF gives a JSON value's type in its errors (`"Expected a list of items but got
+/// type \"str\"."`): Python's.
+pub fn json_type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "bool",

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{FieldErrors, Severity};
+use crate::domain::{FieldErrors, Severity, json_type_name};
 
 /// Longest route name, in characters.
 pub const MAX_ROUTE_NAME_CHARS: usize = 100;
@@ -423,7 +423,7 @@ fn strings(errors: &mut FieldErrors, field: &str, value: &Value) -> Option<Vec<S
             field,
             format!(
                 "Expected a list of items but got type \"{}\".",
-                json_type(value)
+                json_type_name(value)
             ),
         );
         return None;
@@ -442,17 +442,6 @@ fn strings(errors: &mut FieldErrors, field: &str, value: &Value) -> Option<Vec<S
     Some(out)
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "list",
-        Value::Object(_) => "dict",
-    }
-}
-
 /// An `http` or `https` URL with a host and no credentials.
 pub fn check_url(url: &str) -> Result<url::Url, String> {
     let parsed = url::Url::parse(url).map_err(|_| "Enter a valid URL.".to_owned())?;
@@ -468,9 +457,9 @@ pub fn check_url(url: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
-/// One `@`, something before it, a dotted domain after, no spaces (lettre checks it fully
-/// when it sends).
-fn plausible_address(address: &str) -> bool {
+/// A plausible e-mail address: one `@`, something before it, a dotted domain after, no
+/// spaces (lettre checks a recipient fully when it sends).
+pub fn plausible_address(address: &str) -> bool {
     !address.chars().any(char::is_whitespace)
         && address.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()

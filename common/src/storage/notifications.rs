@@ -126,6 +126,26 @@ impl RouteValues {
     }
 }
 
+/// Binds a route's values ([`RouteValues`], in its order) to the next eleven placeholders of a
+/// query: a macro, so that the same binds serve both engines' query types.
+macro_rules! bind_route_values {
+    ($query:expr, $values:expr) => {{
+        let v = $values;
+        $query
+            .bind(v.name)
+            .bind(v.kind)
+            .bind(v.url)
+            .bind(v.to)
+            .bind(v.secret)
+            .bind(v.enabled)
+            .bind(v.min_severity)
+            .bind(v.sources)
+            .bind(v.event_types)
+            .bind(v.on)
+            .bind(v.repeat_every_secs)
+    }};
+}
+
 /// A unique violation on the route's name as [`StorageError::Duplicate`]`("name")`.
 fn route_error(err: sqlx::Error) -> StorageError {
     if let sqlx::Error::Database(db) = &err
@@ -366,18 +386,7 @@ impl Storage {
              RETURNING {ROUTE_COLUMNS}"
         );
         let row = in_write_transaction!(self, |tx| {
-            let row = sqlx::query_as::<Db, RouteRow>(AssertSqlSafe(sql))
-                .bind(v.name)
-                .bind(v.kind)
-                .bind(v.url)
-                .bind(v.to)
-                .bind(v.secret)
-                .bind(v.enabled)
-                .bind(v.min_severity)
-                .bind(v.sources)
-                .bind(v.event_types)
-                .bind(v.on)
-                .bind(v.repeat_every_secs)
+            let row = bind_route_values!(sqlx::query_as::<Db, RouteRow>(AssertSqlSafe(sql)), v)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await
@@ -414,18 +423,7 @@ impl Storage {
              RETURNING {ROUTE_COLUMNS}"
         );
         let row = in_write_transaction!(self, |tx| {
-            let row = sqlx::query_as::<Db, RouteRow>(AssertSqlSafe(sql))
-                .bind(v.name)
-                .bind(v.kind)
-                .bind(v.url)
-                .bind(v.to)
-                .bind(v.secret)
-                .bind(v.enabled)
-                .bind(v.min_severity)
-                .bind(v.sources)
-                .bind(v.event_types)
-                .bind(v.on)
-                .bind(v.repeat_every_secs)
+            let row = bind_route_values!(sqlx::query_as::<Db, RouteRow>(AssertSqlSafe(sql)), v)
                 .bind(to_micros(now))
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -460,8 +458,9 @@ impl Storage {
             .collect::<Result<Vec<_>, _>>()?;
         in_write_transaction!(self, |tx| {
             for v in values {
-                sqlx::query::<Db>(
-                    "INSERT INTO notification_routes (name, kind, url, to_addresses, secret, \
+                bind_route_values!(
+                    sqlx::query::<Db>(
+                        "INSERT INTO notification_routes (name, kind, url, to_addresses, secret, \
                      enabled, min_severity, sources, event_types, on_changes, \
                      repeat_every_secs, from_file, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, TRUE, $12, $12) \
@@ -473,18 +472,9 @@ impl Storage {
                      on_changes = excluded.on_changes, \
                      repeat_every_secs = excluded.repeat_every_secs, from_file = TRUE, \
                      updated_at = excluded.updated_at",
+                    ),
+                    v
                 )
-                .bind(v.name)
-                .bind(v.kind)
-                .bind(v.url)
-                .bind(v.to)
-                .bind(v.secret)
-                .bind(v.enabled)
-                .bind(v.min_severity)
-                .bind(v.sources)
-                .bind(v.event_types)
-                .bind(v.on)
-                .bind(v.repeat_every_secs)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
