@@ -270,14 +270,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         );
         tokio::join!(dispatching, recording);
     };
-    let alerting = worker::run_worker(
-        "alerter",
-        connected.clone(),
-        source,
-        settings.metrics_addr.0,
-        shutdown.clone(),
-        |batch| alerter.handle_batch(batch),
-    );
+    let alerting = async {
+        let alerted = worker::run_worker(
+            "alerter",
+            connected.clone(),
+            source,
+            settings.metrics_addr.0,
+            shutdown.clone(),
+            |batch| alerter.handle_batch(batch),
+        )
+        .await;
+        // However alerting ended (a port that cannot be bound ends it at once), delivery
+        // ends with it: the process must not live on half-started.
+        shutdown.cancel();
+        alerted
+    };
     let (alerted, ()) = tokio::join!(alerting, notifying);
     alerted
 }
