@@ -299,7 +299,7 @@ async fn store_corrupt_event(storage: &Storage, uid: &str) {
                occurred_at, attributes, created_at) VALUES ($1, 'fw1', 'x', 3, '', NULL, \
                '{not json', 0)";
     match storage {
-        Storage::Sqlite(pool, _) => {
+        Storage::Sqlite(pool, ..) => {
             sqlx::query(sql).bind(uid).execute(pool).await.unwrap();
         }
         Storage::Postgres(pool) => {

@@ -169,39 +169,81 @@ async fn a_search_finds_whole_words_of_sensor_type_and_description_with_any_filt
         .unwrap();
     assert_eq!(newest.len(), 1);
 
-    // A search alone is counted and paged by the search index itself (SQLite); naming every
-    // status takes the general path: both give the same count and the same pages.
-    let alone = AlertFilter {
+    // On SQLite a search in id order is paged by the search index itself (alone, or with the
+    // other filters checked on each match), and a search alone is counted from it, as of the
+    // alerts it counted before. Any other ordering takes the general path: the oracle, which
+    // must give the same alerts and count.
+    let scan = AlertFilter {
         search: Some(search_words("scan")),
         ..AlertFilter::default()
     };
-    let general = AlertFilter {
-        status: AlertStatus::ALL.to_vec(),
-        ..alone.clone()
-    };
-    let count = storage.count_alerts_matching(&alone).await.unwrap();
-    assert!(count >= 2, "several alerts hold \"scan\": {count}");
-    assert_eq!(
-        count,
-        storage.count_alerts_matching(&general).await.unwrap()
-    );
-    for ordering in [AlertOrdering::NewestFirst, AlertOrdering::OldestFirst] {
-        for offset in 0..=count {
-            let page = |filter: AlertFilter| {
-                let storage = storage.clone();
-                async move {
-                    storage
-                        .list_alerts(&filter, ordering, 1, offset)
-                        .await
-                        .unwrap()
-                        .into_iter()
-                        .map(|a| a.id)
-                        .collect::<Vec<_>>()
-                }
-            };
-            let (a, b) = (page(alone.clone()).await, page(general.clone()).await);
-            assert_eq!(a, b, "{ordering:?}, offset {offset}");
-            assert_eq!(a.len(), usize::from(offset < count));
+    let filters = [
+        scan.clone(),
+        AlertFilter {
+            status: AlertStatus::ALL.to_vec(),
+            ..scan.clone()
+        },
+        AlertFilter {
+            source_name: vec!["ids-core".into()],
+            ..scan.clone()
+        },
+    ];
+    check_search_paths(&storage, &filters, 2).await;
+
+    // New alerts, some of them matching: counted on top of what was counted before.
+    let more: Vec<EventRecord> = (0..30)
+        .map(|i| EventRecord {
+            uid: format!("more-{i}"),
+            event: EventIn::from_value(
+                json!({"sourceName": if i % 2 == 0 { "ids-core" } else { "fw-edge-01" },
+                "eventType": if i % 3 == 0 { "port_scan" } else { "login" },
+                "severity": "HIGH", "description": "later"}),
+            )
+            .unwrap(),
+            created_at: Utc::now(),
+        })
+        .collect();
+    let stored = storage.store_events(&more, Severity::High).await.unwrap();
+    storage
+        .create_alerts(&stored.to_escalate, Utc::now())
+        .await
+        .unwrap();
+    check_search_paths(&storage, &filters, 12).await;
+}
+
+/// Checks that each of `filters` (each with a search) gives, in id order, the alerts and the
+/// count that the general path (another ordering, sorted here) gives; the first has at least
+/// `at_least` matches.
+async fn check_search_paths(storage: &Storage, filters: &[AlertFilter], at_least: i64) {
+    for (i, filter) in filters.iter().enumerate() {
+        let mut expected: Vec<i64> = storage
+            .list_alerts(filter, AlertOrdering::SeverityDescending, 1000, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        expected.sort_unstable();
+        let count = storage.count_alerts_matching(filter).await.unwrap();
+        assert_eq!(count, expected.len() as i64, "{filter:?}");
+        if i == 0 {
+            assert!(count >= at_least, "{count} alerts match {filter:?}");
+        }
+        for ordering in [AlertOrdering::OldestFirst, AlertOrdering::NewestFirst] {
+            if ordering == AlertOrdering::NewestFirst {
+                expected.reverse();
+            }
+            for offset in 0..=count {
+                let page: Vec<i64> = storage
+                    .list_alerts(filter, ordering, 1, offset)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect();
+                let want: Vec<i64> = expected.get(offset as usize).into_iter().copied().collect();
+                assert_eq!(page, want, "{filter:?}, {ordering:?}, offset {offset}");
+            }
         }
     }
 }

@@ -206,7 +206,7 @@ async fn a_migration_that_cannot_apply_is_reported_at_once_with_its_cause() {
     // hide the cause.
     let sql = "CREATE TABLE events (id INTEGER PRIMARY KEY, note TEXT)";
     match &storage {
-        Storage::Sqlite(pool, _) => sqlx::query(sql).execute(pool).await.map(drop),
+        Storage::Sqlite(pool, ..) => sqlx::query(sql).execute(pool).await.map(drop),
         Storage::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
     }
     .unwrap();
@@ -749,7 +749,7 @@ async fn two_services_storing_overlapping_batches_at_once_keep_counts_exact() {
 macro_rules! with_pool {
     ($storage:expr, |$pool:ident| $body:expr) => {
         match $storage {
-            Storage::Sqlite($pool, _) => $body,
+            Storage::Sqlite($pool, ..) => $body,
             Storage::Postgres($pool) => $body,
         }
     };

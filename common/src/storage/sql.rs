@@ -147,6 +147,28 @@ pub(super) fn fts5_query(words: &str) -> String {
         .join(" ")
 }
 
+/// Whether `condition` is a [`full_text`] one.
+pub(super) fn is_full_text(condition: &Condition) -> bool {
+    condition.op == FULL_TEXT
+}
+
+/// Appends ` AND +alerts.a = … AND +alerts.b = …` for conditions on `alerts` (not a
+/// [`full_text`] one, which is skipped): SQLite's unary `+` keeps the planner from driving
+/// the statement from those columns' indexes, so that a search's matches drive it instead
+/// (see `Storage::list_alerts`).
+pub(super) fn push_and_unindexed_alerts<DB: BindValue>(
+    query: &mut QueryBuilder<DB>,
+    conditions: &[Condition],
+) {
+    for condition in conditions.iter().filter(|c| !is_full_text(c)) {
+        query.push(format_args!(
+            " AND +alerts.{} {} ",
+            condition.column, condition.op
+        ));
+        DB::push_value(query, condition.value.clone());
+    }
+}
+
 /// Appends ` WHERE a = … AND b = …`; nothing when there are no conditions.
 pub(super) fn push_where<DB: BindValue>(query: &mut QueryBuilder<DB>, conditions: &[Condition]) {
     for (i, condition) in conditions.iter().enumerate() {

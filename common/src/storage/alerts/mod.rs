@@ -5,11 +5,13 @@
 
 mod create;
 mod notes;
+mod search;
 mod status;
 mod summary;
 
 pub use create::Folding;
 pub use notes::{MAX_NOTE_TEXT_CHARS, Note};
+pub use search::SearchCounts;
 pub use status::{AlertChange, AlertUpdate, BulkUpdate, Refusal};
 pub use summary::{AlertSummary, SourceCount, StatusCounts, SummaryCounts, TypeCount};
 
@@ -453,15 +455,10 @@ impl Storage {
     /// the matching rows.
     pub async fn count_alerts_matching(&self, filter: &AlertFilter) -> Result<i64, StorageError> {
         // A search alone on SQLite: the FTS index counts its matches (every alert has one
-        // search document, written with it) without looking up each alert.
-        if let (Storage::Sqlite(pool, _), Some(words)) = (self, filter.search_only()) {
-            let count = sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM alert_search WHERE alert_search MATCH $1",
-            )
-            .bind(fts5_query(&words.join(" ")))
-            .fetch_one(pool)
-            .await?;
-            return Ok(count);
+        // search document, written with it) without looking up each alert, and only those
+        // created since this process last counted the same search.
+        if let (Storage::Sqlite(pool, _, counts), Some(words)) = (self, filter.search_only()) {
+            return search::count_search_alone(pool, counts, &fts5_query(&words.join(" "))).await;
         }
         self.count_matching(filter).await
     }
@@ -475,28 +472,27 @@ impl Storage {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Alert>, StorageError> {
-        // A search alone on SQLite, in id order: the FTS index holds its matches by rowid (the
-        // alert id), so it pages them itself, instead of every match being looked up and
-        // sorted to keep one page.
+        // A search on SQLite, in id order: the FTS index holds its matches by rowid (the
+        // alert id), so they drive the statement and it stops at the page's last alert,
+        // instead of every match being looked up and sorted to keep one page.
         let by_id = match ordering {
             AlertOrdering::NewestFirst => Some("DESC"),
             AlertOrdering::OldestFirst => Some("ASC"),
             _ => None,
         };
-        if let (Storage::Sqlite(pool, _), Some(words), Some(direction)) =
-            (self, filter.search_only(), by_id)
-        {
-            let sql = format!(
-                "{SELECT_ALERT} WHERE id IN (SELECT rowid FROM alert_search \
-                 WHERE alert_search MATCH $1 ORDER BY rowid {direction} LIMIT $2 OFFSET $3) \
-                 ORDER BY id {direction}"
-            );
-            let rows: Vec<AlertRow> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(fts5_query(&words.join(" ")))
-                .bind(limit.max(0))
-                .bind(offset.max(0))
-                .fetch_all(pool)
-                .await?;
+        if let (Storage::Sqlite(pool, ..), Some(words), Some(direction)) = (
+            self,
+            filter.search.as_deref().filter(|w| !w.is_empty()),
+            by_id,
+        ) {
+            let others = AlertFilter {
+                search: None,
+                ..filter.clone()
+            }
+            .conditions();
+            let query = fts5_query(&words.join(" "));
+            let rows =
+                search::page_of_search(pool, &query, &others, direction, limit, offset).await?;
             return rows.into_iter().map(Alert::try_from).collect();
         }
         let rows: Vec<AlertRow> = self
