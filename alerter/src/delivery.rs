@@ -5,9 +5,10 @@
 //! - **intake** reads the ALERTS stream on its own durable consumer (`notifier`), records one
 //!   delivery per matching route for each alert message, and only then acknowledges it (a
 //!   redelivered message records nothing new: the pair is unique);
-//! - **dispatch** claims due deliveries from the database under a lease, a few per route at a
-//!   time, and attempts each in its own task: routes never wait for each other, and an attempt
-//!   is cut at `NOTIFY_TIMEOUT_SECS`. Each attempt is written before it is made and completed
+//! - **dispatch** makes the due reminders into deliveries ([`crate::reminders`]), claims due
+//!   deliveries from the database under a lease, a few per route at a time, and attempts each
+//!   in its own task: routes never wait for each other, and an attempt is cut at
+//!   `NOTIFY_TIMEOUT_SECS`. Each attempt is written before it is made and completed
 //!   after; a failed one is retried with back-off until `NOTIFY_RETRY_FOR_SECS`, then
 //!   dead-lettered on `deadletter.notify`.
 
@@ -121,6 +122,8 @@ impl Delivery {
                 event_type: notice.event_type(),
                 trigger: notice.trigger,
             };
+            // An alert left OPEN by this message is reminded of by routes that repeat.
+            let open = notice.alert.get("status").and_then(|s| s.as_str()) == Some("OPEN");
             for route in routes.iter().filter(|r| r.spec.matches(matched)) {
                 deliveries.push(NewDelivery {
                     route_id: route.id,
@@ -128,6 +131,7 @@ impl Delivery {
                     message_key: notice.message_key(),
                     trigger: notice.trigger,
                     payload: notice.stored(),
+                    remind_every_secs: route.spec.repeat_every_secs.filter(|_| open),
                 });
             }
             recorded.push(message);
@@ -156,6 +160,9 @@ impl Delivery {
         let mut attempts: JoinSet<i64> = JoinSet::new();
         let mut last_age_report = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if let Err(err) = crate::reminders::make_due(&this.storage, Utc::now()).await {
+                tracing::warn!(error = %err, "cannot make the due reminders; trying again");
+            }
             if let Err(err) = this.claim_round(&mut busy, &mut attempts).await {
                 tracing::warn!(error = %err, "cannot claim deliveries; trying again");
             }

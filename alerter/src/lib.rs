@@ -78,6 +78,7 @@ pub struct Settings {
 pub use common::worker::StartError;
 
 pub mod delivery;
+pub mod reminders;
 pub mod routes_file;
 
 /// One alerter: the step that turns a batch of escalations into notified alerts.

@@ -8,6 +8,7 @@
 //! secret_file = "/run/secrets/soc-webhook"   # whsec_…; or `secret`, kept out of git
 //! min_severity = "HIGH"
 //! on = ["created", "severity_raised", "reopened"]
+//! repeat_every_secs = 3600                  # remind of alerts still OPEN, hourly
 //! ```
 //!
 //! Every table is read as the api reads a new route (`RouteSpec::parse`), so the same
@@ -102,14 +103,6 @@ pub fn read(path: &Path) -> Result<Vec<RouteSpec>, RoutesFileError> {
             let secret = std::fs::read_to_string(secret_path)
                 .map_err(|e| invalid(format!("secret_file {secret_path}: {e}")))?;
             object.insert("secret".to_owned(), Value::String(secret.trim().to_owned()));
-        }
-        if object
-            .get("repeat_every_secs")
-            .is_some_and(|v| !v.is_null())
-        {
-            return Err(invalid(
-                "repeat_every_secs: reminders are not delivered yet; leave this out".to_owned(),
-            ));
         }
         let spec = RouteSpec::parse(object, None).map_err(|errors| invalid(errors.to_string()))?;
         if spec.kind == common::domain::RouteKind::Webhook && spec.secret.is_none() {

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 
 use axum::http::StatusCode;
 use common::domain::Role;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::TestApi;
 
 #[tokio::test]
@@ -43,6 +43,11 @@ async fn admins_manage_routes_and_a_webhook_secret_is_shown_once() {
         made.json["on"],
         json!(["created", "severity_raised", "reopened"])
     );
+    assert_eq!(
+        made.json["repeat_every_secs"],
+        Value::Null,
+        "no reminders unless asked"
+    );
     let id = made.json["id"].as_i64().unwrap();
     let path = format!("/api/notification-routes/{id}/");
 
@@ -54,6 +59,11 @@ async fn admins_manage_routes_and_a_webhook_secret_is_shown_once() {
             "PATCH",
             path.clone(),
             Some(json!({"secret": secret.clone()})),
+        ),
+        (
+            "PATCH",
+            path.clone(),
+            Some(json!({"repeat_every_secs": 3600})),
         ),
     ] {
         let resp = api.call(method, &uri, Some(&admin), body).await;
@@ -73,6 +83,7 @@ async fn admins_manage_routes_and_a_webhook_secret_is_shown_once() {
         .await;
     assert_eq!(listed.json["count"], 1);
     assert_eq!(listed.json["results"][0]["enabled"], false);
+    assert_eq!(listed.json["results"][0]["repeat_every_secs"], 3600);
 
     for (method, uri) in [("GET", "/api/notification-routes/"), ("GET", path.as_str())] {
         let resp = api.call(method, uri, Some(&analyst), None).await;

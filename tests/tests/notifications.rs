@@ -273,3 +273,117 @@ async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_
     alerter.stop().await;
     ingestor.stop().await;
 }
+
+#[tokio::test]
+async fn an_alert_left_open_is_reminded_of_at_the_routes_interval_until_acknowledged() {
+    let pipeline = Pipeline::start().await;
+    let secret = new_secret().unwrap();
+    let receiver = Receiver::start(&secret, &[]).await;
+    let body = json!({"name": "remind", "kind": "webhook", "url": receiver.url(),
+        "secret": secret, "min_severity": "HIGH"});
+    let mut spec = RouteSpec::parse(body.as_object().unwrap(), None).unwrap();
+    // The api takes 60 s at least; the delivery honours what is stored.
+    let every = 2;
+    spec.repeat_every_secs = Some(every);
+    let route = pipeline
+        .storage
+        .create_route(&spec, Utc::now())
+        .await
+        .unwrap();
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("600")));
+    let alert = one_alert(&pipeline).await;
+
+    // The alert message, then two reminders.
+    let deliveries = eventually(PATIENCE, "two reminders delivered", || {
+        let storage = pipeline.storage.clone();
+        async move {
+            let deliveries = storage.alert_deliveries(alert).await.unwrap();
+            let delivered = deliveries.iter().filter(|d| d.state == "delivered").count();
+            (delivered >= 3).then_some(deliveries)
+        }
+    })
+    .await;
+    let keys: Vec<&str> = deliveries[..3]
+        .iter()
+        .map(|d| d.message_key.as_str())
+        .collect();
+    let reminder = |n: i64| format!("alert-{alert}-reminder-{n}");
+    assert_eq!(
+        keys,
+        [format!("alert-{alert}-created"), reminder(1), reminder(2)]
+    );
+    for pair in deliveries.windows(2) {
+        let gap = pair[1].created_at - pair[0].created_at;
+        assert!(
+            gap >= chrono::Duration::seconds(every as i64),
+            "a reminder came {gap} after the last message, sooner than every {every} s"
+        );
+    }
+    let requests = receiver.requests();
+    let types: Vec<&str> = requests
+        .iter()
+        .take(3)
+        .map(|r| r["body"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["alert.created", "alert.reminder", "alert.reminder"]);
+    for request in requests.iter().take(3) {
+        assert_eq!(request["verified"], true, "{request}");
+        assert_eq!(request["body"]["alert"]["id"], alert);
+        assert_eq!(request["body"]["alert"]["status"], "OPEN");
+    }
+    let ids: std::collections::HashSet<&str> = requests
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        requests.len(),
+        "each reminder is its own message"
+    );
+
+    // Acknowledged: the wait is dropped when it next falls due, so no reminder can follow
+    // (nothing else makes one).
+    let admin = pipeline
+        .storage
+        .create_user(
+            &common::storage::NewUser {
+                username: "admin".into(),
+                email: String::new(),
+                password_hash: "not-a-real-hash".into(),
+                role: common::domain::Role::Admin,
+                is_active: true,
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    pipeline
+        .storage
+        .change_alert_status(
+            alert,
+            common::domain::AlertStatus::Acknowledged,
+            admin.id,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    eventually(PATIENCE, "the reminders to stop", || {
+        let storage = pipeline.storage.clone();
+        async move { (storage.count_reminders().await.unwrap() == 0).then_some(()) }
+    })
+    .await;
+    let made = pipeline.storage.alert_deliveries(alert).await.unwrap();
+    assert!(made.iter().all(|d| d.route_id == route.id));
+    let after_ack = made
+        .iter()
+        .filter(|d| d.message_key.contains("-reminder-"))
+        .count();
+    assert!(
+        after_ack <= 3,
+        "at most one reminder raced the acknowledgement: {made:#?}"
+    );
+    alerter.stop().await;
+    ingestor.stop().await;
+}

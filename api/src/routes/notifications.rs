@@ -67,6 +67,9 @@ pub struct RouteOut {
     /// `acknowledged`, `resolved`.
     #[schema(value_type = Vec<RouteTrigger>)]
     pub on: Vec<Trigger>,
+    /// Seconds between reminders of an alert that stays OPEN (`"type": "alert.reminder"`),
+    /// counted from the route's last message about it; null = none.
+    pub repeat_every_secs: Option<u64>,
     /// Loaded from `NOTIFY_ROUTES_FILE` (the file wins again at the alerter's next start).
     pub from_file: bool,
     /// When it was made (UTC).
@@ -94,6 +97,7 @@ impl RouteOut {
             sources: spec.sources,
             event_types: spec.event_types,
             on: spec.on,
+            repeat_every_secs: spec.repeat_every_secs,
             from_file: route.from_file,
             created_at: route.created_at,
             updated_at: route.updated_at,
@@ -137,6 +141,10 @@ pub struct RouteIn {
     /// Changes to be told about; default `created`, `severity_raised`, `reopened`.
     #[schema(required = false, value_type = Option<Vec<RouteTrigger>>, min_items = 1)]
     on: Option<Vec<Trigger>>,
+    /// Remind of an alert that stays OPEN this often (seconds, 60 to 31,536,000), counted
+    /// from the route's last message about it; null or absent = never.
+    #[schema(required = false, minimum = 60, maximum = 31_536_000)]
+    repeat_every_secs: Option<u64>,
 }
 
 fn body_object(body: Value) -> ApiResult<serde_json::Map<String, Value>> {
@@ -176,25 +184,12 @@ fn check_target(state: &AppState, spec: &RouteSpec) -> ApiResult<()> {
     Ok(())
 }
 
-/// A route from a body, every problem at once. Reminders (`repeat_every_secs`) are not
-/// delivered yet: a route asking for them is refused rather than stored and ignored.
+/// A route from a body, every problem at once.
 fn parse_route(
     body: &serde_json::Map<String, Value>,
     base: Option<&RouteSpec>,
 ) -> ApiResult<RouteSpec> {
-    let reminders = body.get("repeat_every_secs").is_some_and(|v| !v.is_null());
-    let mut errors = match RouteSpec::parse(body, base) {
-        Ok(spec) if !reminders => return Ok(spec),
-        Ok(_) => common::FieldErrors::new(),
-        Err(errors) => errors,
-    };
-    if reminders {
-        errors.add(
-            "repeat_every_secs",
-            "Reminders are not delivered yet; leave this out.",
-        );
-    }
-    Err(ApiError::Fields(errors))
+    RouteSpec::parse(body, base).map_err(ApiError::Fields)
 }
 
 fn duplicate_name() -> ApiError {

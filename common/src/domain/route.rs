@@ -167,12 +167,17 @@ pub struct Matched<'a> {
 impl RouteSpec {
     /// Whether an alert message with these properties goes to this route.
     pub fn matches(&self, message: Matched<'_>) -> bool {
+        self.on.contains(&message.trigger)
+            && self.covers(message.severity, message.source_name, message.event_type)
+    }
+
+    /// Whether the route is enabled and takes alerts of this severity, sensor and type,
+    /// whatever happened to them (a reminder's test: reminders are never in `on`).
+    pub fn covers(&self, severity: Severity, source_name: &str, event_type: &str) -> bool {
         self.enabled
-            && message.severity >= self.min_severity
-            && self.on.contains(&message.trigger)
-            && (self.sources.is_empty() || self.sources.iter().any(|s| s == message.source_name))
-            && (self.event_types.is_empty()
-                || self.event_types.iter().any(|t| t == message.event_type))
+            && severity >= self.min_severity
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source_name))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
     }
 
     /// Reads a route from a JSON object: a whole new one (`base` none; a webhook without a

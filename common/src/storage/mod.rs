@@ -25,6 +25,7 @@ mod counts;
 mod events;
 mod listing;
 mod notifications;
+mod reminders;
 mod sql;
 mod users;
 
@@ -38,14 +39,15 @@ use sqlx::sqlite::{
 
 pub use alerts::{
     AlertChange, AlertFilter, AlertOrdering, AlertSummary, AlertUpdate, AssigneeFilter, BulkUpdate,
-    ChangeKind, CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, SourceCount,
-    StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount, search_words,
+    ChangeKind, CreatedAlerts, Folding, MAX_NOTE_TEXT_CHARS, Note, Refusal, SearchCounts,
+    SourceCount, StatusChange, StatusCounts, StatusUpdate, SummaryCounts, TypeCount, search_words,
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use notifications::{
-    AttemptOutcome, AttemptResult, ClaimedDelivery, DeliveryAttempt, NewDelivery, Route,
-    delivery_webhook_id,
+    AttemptOutcome, AttemptResult, ClaimedDelivery, DeliveryAttempt, DeliveryRecord, NewDelivery,
+    Route, delivery_webhook_id,
 };
+pub use reminders::{DueReminder, ReminderDecision};
 pub use users::{NewUser, UserChanges};
 
 /// Runs the same expression against whichever pool backs the storage; the expression is
@@ -53,7 +55,7 @@ pub use users::{NewUser, UserChanges};
 macro_rules! on_pool {
     ($storage:expr, |$pool:ident| $body:expr) => {
         match $storage {
-            $crate::storage::Storage::Sqlite($pool, _) => {
+            $crate::storage::Storage::Sqlite($pool, ..) => {
                 #[allow(dead_code)]
                 type Db = sqlx::Sqlite;
                 $body
@@ -79,7 +81,7 @@ pub(crate) use on_pool;
 macro_rules! in_write_transaction {
     ($storage:expr, |$tx:ident| $body:expr) => {
         match $storage {
-            $crate::storage::Storage::Sqlite(_, writer) => {
+            $crate::storage::Storage::Sqlite(_, writer, _) => {
                 #[allow(dead_code)]
                 type Db = sqlx::Sqlite;
                 let mut $tx = writer
@@ -115,9 +117,9 @@ pub enum Backend {
 /// The database: a pool of connections to SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    /// SQLite in WAL mode: a pool for reads, and the process's one connection for the
-    /// pipeline's writes.
-    Sqlite(SqlitePool, SqliteWriter),
+    /// SQLite in WAL mode: a pool for reads, the process's one connection for the
+    /// pipeline's writes, and the counts of searches this process has made.
+    Sqlite(SqlitePool, SqliteWriter, SearchCounts),
     /// PostgreSQL.
     Postgres(PgPool),
 }
@@ -356,7 +358,11 @@ impl Storage {
                 match opened {
                     Ok((readers, writer)) => {
                         spawn_checkpointer(readers.clone());
-                        return Ok(Storage::Sqlite(readers, SqliteWriter(writer)));
+                        return Ok(Storage::Sqlite(
+                            readers,
+                            SqliteWriter(writer),
+                            SearchCounts::default(),
+                        ));
                     }
                     Err(err) if is_sqlite_busy(&err) && tokio::time::Instant::now() < deadline => {
                         attempt += 1;
@@ -412,7 +418,7 @@ impl Storage {
         loop {
             let applied_before = self.applied_migrations().await;
             let result = match self {
-                Storage::Sqlite(pool, _) => SQLITE_MIGRATIONS.run(pool).await,
+                Storage::Sqlite(pool, ..) => SQLITE_MIGRATIONS.run(pool).await,
                 Storage::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
             };
             let Err(err) = result else {
@@ -481,7 +487,7 @@ impl Storage {
         work: impl Future<Output = T>,
     ) -> Result<T, StorageError> {
         match self {
-            Storage::Sqlite(pool, _) => {
+            Storage::Sqlite(pool, ..) => {
                 let database = pool.connect_options().get_filename().to_path_buf();
                 let _lock = if database.is_file() {
                     Some(lock_file_beside(&database).await?)
@@ -514,7 +520,7 @@ impl Storage {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match self {
-            Storage::Sqlite(readers, writer) => {
+            Storage::Sqlite(readers, writer, _) => {
                 writer.0.close().await;
                 readers.close().await;
             }

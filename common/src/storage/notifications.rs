@@ -172,6 +172,9 @@ pub struct NewDelivery {
     pub trigger: Trigger,
     /// The alert message (the JSON published on ALERTS).
     pub payload: String,
+    /// The route's `repeat_every_secs` when the alert is OPEN after this message: recording
+    /// it (re)starts the wait for the route's next reminder of the alert.
+    pub remind_every_secs: Option<u64>,
 }
 
 /// A delivery claimed for an attempt.
@@ -205,6 +208,42 @@ impl ClaimedDelivery {
 /// `<message key>-route-<route id>`: stable across attempts, crashes and alerters.
 pub fn delivery_webhook_id(message_key: &str, route_id: i64) -> String {
     format!("{message_key}-route-{route_id}")
+}
+
+/// A delivery as recorded: one alert message for one route, its state and when it was
+/// recorded (for tests and diagnostics; the delivery log shows its attempts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Database id.
+    pub id: i64,
+    /// The route.
+    pub route_id: i64,
+    /// The alert (none for a test message).
+    pub alert_id: Option<i64>,
+    /// See [`NewDelivery::message_key`].
+    pub message_key: String,
+    /// The `webhook-id` its attempts carry.
+    pub webhook_id: String,
+    /// `pending`, `delivered`, `failed` or `cancelled`.
+    pub state: String,
+    /// Attempts begun so far.
+    pub attempts: i64,
+    /// When it was recorded (due at once).
+    pub created_at: DateTime<Utc>,
+    /// When it was delivered, failed or cancelled.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: i64,
+    route_id: i64,
+    alert_id: Option<i64>,
+    message_key: String,
+    state: String,
+    attempts: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
 }
 
 /// How an attempt ended.
@@ -355,6 +394,12 @@ const ATTEMPT_SELECT: &str = "SELECT a.id, a.delivery_id, a.route_id, a.route_na
 
 const DELIVERY_COLUMNS: &str =
     "id, route_id, alert_id, message_key, trigger_name, payload, attempts, created_at";
+
+/// Records a delivery due now, unless its (route, message) has one: binds route, alert,
+/// message key, trigger, payload, now.
+pub(super) const INSERT_DELIVERY: &str = "INSERT INTO notification_deliveries (route_id, \
+     alert_id, message_key, trigger_name, payload, next_attempt_at, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (route_id, message_key) DO NOTHING";
 
 /// Why an interrupted attempt is marked so.
 const INTERRUPTED: &str =
@@ -547,6 +592,10 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            sqlx::query::<Db>("DELETE FROM notification_reminders WHERE route_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query::<Db>(
                 "UPDATE notification_deliveries SET state = 'cancelled', finished_at = $1, \
                  last_error = 'the route was deleted', lease = NULL, lease_until = NULL \
@@ -585,21 +634,28 @@ impl Storage {
         in_write_transaction!(self, |tx| {
             let mut new = 0;
             for delivery in deliveries {
-                new += sqlx::query::<Db>(
-                    "INSERT INTO notification_deliveries (route_id, alert_id, message_key, \
-                     trigger_name, payload, next_attempt_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6) \
-                     ON CONFLICT (route_id, message_key) DO NOTHING",
-                )
-                .bind(delivery.route_id)
-                .bind(delivery.alert_id)
-                .bind(delivery.message_key.as_str())
-                .bind(delivery.trigger.as_str())
-                .bind(delivery.payload.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let inserted = sqlx::query::<Db>(INSERT_DELIVERY)
+                    .bind(delivery.route_id)
+                    .bind(delivery.alert_id)
+                    .bind(delivery.message_key.as_str())
+                    .bind(delivery.trigger.as_str())
+                    .bind(delivery.payload.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if inserted == 1
+                    && let (Some(alert_id), Some(every)) =
+                        (delivery.alert_id, delivery.remind_every_secs)
+                {
+                    sqlx::query::<Db>(super::reminders::SCHEDULE)
+                        .bind(delivery.route_id)
+                        .bind(alert_id)
+                        .bind(super::reminders::next_reminder_at(now, every))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                new += inserted;
             }
             tx.commit().await?;
             Ok(new)
@@ -871,6 +927,36 @@ impl Storage {
                 .await?
         });
         rows.into_iter().map(DeliveryAttempt::try_from).collect()
+    }
+
+    /// The deliveries of an alert's messages, by id.
+    pub async fn alert_deliveries(
+        &self,
+        alert_id: i64,
+    ) -> Result<Vec<DeliveryRecord>, StorageError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as::<Db, DeliveryRow>(
+                "SELECT id, route_id, alert_id, message_key, state, attempts, created_at, \
+                 finished_at FROM notification_deliveries WHERE alert_id = $1 ORDER BY id",
+            )
+            .bind(alert_id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|row| DeliveryRecord {
+                id: row.id,
+                route_id: row.route_id,
+                webhook_id: delivery_webhook_id(&row.message_key, row.route_id),
+                alert_id: row.alert_id,
+                message_key: row.message_key,
+                state: row.state,
+                attempts: row.attempts,
+                created_at: from_micros(row.created_at),
+                finished_at: row.finished_at.map(from_micros),
+            })
+            .collect())
     }
 
     /// One attempt.
