@@ -290,7 +290,9 @@ impl AlertNotice {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
                 "text": format!("<{link}|Open alert {} in threatmon>", self.alert_id().unwrap_or(0))}}));
         }
-        json!({"text": format!("threatmon: {}", self.headline()), "blocks": blocks})
+        // `text` is mrkdwn too (Slack shows it in notifications): a sensor's `<!channel>` or
+        // `<https://…|…>` is escaped here as in the fields.
+        json!({"text": slack_escape(&format!("threatmon: {}", self.headline())), "blocks": blocks})
     }
 
     /// An e-mail's subject, text part and HTML part.
@@ -670,7 +672,15 @@ impl Notifier {
         let (subject, text, html) = notice.email(self.settings.api_public_url.as_deref());
         let mut builder = lettre::Message::builder()
             .from(self.from.clone())
-            .subject(subject);
+            .subject(subject)
+            // lettre adds none, and receivers such as Gmail refuse a message without one.
+            // Random, never the delivery's id: that repeats across databases and test messages,
+            // and a receiver may drop a "duplicate" Message-ID.
+            .message_id(Some(format!(
+                "<{}@{}>",
+                uuid::Uuid::new_v4().simple(),
+                self.from.email.domain()
+            )));
         for to in &route.to {
             match to.parse::<Mailbox>() {
                 Ok(mailbox) => builder = builder.to(mailbox),
@@ -831,7 +841,13 @@ mod tests {
         let (_, _, html) = notice.email(Some("https://tm.example.com/"));
         assert!(html.contains("&lt;b&gt;fw&lt;/b&gt;") && !html.contains("<b>fw"));
         assert!(html.contains("https://tm.example.com/console/alerts/7"));
-        let slack = notice.slack_message(None).to_string();
-        assert!(slack.contains("&lt;b&gt;fw"));
+        let slack = notice.slack_message(None);
+        assert!(slack.to_string().contains("&lt;b&gt;fw"));
+        assert!(
+            slack["text"]
+                .as_str()
+                .unwrap()
+                .contains("on &lt;b&gt;fw&lt;/b&gt; (alert 7")
+        );
     }
 }
