@@ -5,6 +5,7 @@
 //! the median of `--runs` runs with its spread; each run checks that nothing was lost.
 //! The pipeline runs on SQLite and, when its server answers, on PostgreSQL, once for each
 //! uid kind of `--uids`; PostgreSQL also with two ingestors and two alerters (scaling).
+//! The alert latency is compared with the alerter's notification delivery off and on.
 
 mod api;
 mod db;
@@ -14,6 +15,7 @@ mod pipeline;
 mod procs;
 mod raw;
 mod stats;
+mod webhooks;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use testkit::NatsServer;
 use crate::db::Backend;
 use crate::load::Uids;
 use crate::locks::LockSamples;
-use crate::pipeline::{Folding, Load, PipelineRun, STAGE_NAMES, Stages};
+use crate::pipeline::{Folding, Load, Notify, PipelineRun, STAGE_NAMES, Stages};
 use crate::stats::{Samples, thousands, with_spread};
 
 /// Measures threatmon's pipeline and API against the raw limits of this machine.
@@ -78,6 +80,12 @@ struct Args {
     /// Fold keys (`sourceName`, `eventType` pairs) of the folding comparison's load.
     #[arg(long, default_value_t = 1000)]
     fold_keys: u64,
+    /// Backends of the delivery comparison (alert latency at 1,000 events/s, the latency
+    /// phase only on a fresh database, once with `NOTIFY_DELIVERY=false` and once delivering
+    /// to two webhook routes that match every alert; the first uid kind): sqlite, postgres,
+    /// or off.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
+    notify: Vec<RunOn>,
     /// Seconds each fixed-rate latency phase is measured (for quick runs and the smoke test).
     #[arg(long, default_value_t = 10.0, hide = true)]
     latency_seconds: f64,
@@ -89,7 +97,7 @@ struct Args {
     out: PathBuf,
 }
 
-/// A backend the scaling or the folding runs may use.
+/// A backend the scaling, folding or delivery comparison runs may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum RunOn {
     /// On a PostgreSQL scratch database.
@@ -101,7 +109,7 @@ enum RunOn {
 }
 
 impl RunOn {
-    /// Whether `chosen` (a `--scaling` or `--folding` list) runs on `backend`.
+    /// Whether `chosen` (a `--scaling`, `--folding` or `--notify` list) runs on `backend`.
     fn wanted(chosen: &[RunOn], backend: &Backend) -> bool {
         let wanted = match backend {
             Backend::Sqlite => chosen.contains(&RunOn::Sqlite),
@@ -128,6 +136,15 @@ impl RunOn {
 const CONNECTIONS: [usize; 2] = [16, 64];
 /// Workers of each kind in the scaling run.
 const SCALING_WORKERS: usize = 2;
+/// Webhook routes of the delivery comparison, each matching every alert.
+const WEBHOOK_ROUTES: usize = 2;
+/// The delivery comparison's target: the median p99 with delivery on at most this times the
+/// median p99 with it off. One configuration's p99 at 1,000 events/s moves ±30% from run to
+/// run on two shared cores (half the range of 3 runs: 99–163 ms with delivery off; ±3–41%
+/// in earlier reports), so a 10% margin would be missed or met by chance; 25% over the
+/// median of 3 runs, on and off alternating within each run, is about the least that an
+/// unchanged latency meets, and the report shows the off runs' spread beside it.
+const DELIVERY_P99_TOLERANCE: f64 = 1.25;
 
 /// Whether the PostgreSQL runs happen.
 enum Postgres {
@@ -226,6 +243,7 @@ struct Pipeline {
     uids: Uids,
     workers: usize,
     load: Load,
+    notify: Notify,
     published: Samples,
     stored: Samples,
     alerted: Samples,
@@ -237,6 +255,12 @@ struct Pipeline {
     locks: Option<LockSamples>,
     /// The last run's CPU use during the sustained phase.
     cpu: Option<procs::CpuUse>,
+    /// Webhook requests and distinct `webhook-id`s received, over the runs.
+    webhook_requests: u64,
+    webhook_distinct: u64,
+    /// Seconds from the end of the latency phase (and its checks) until the receiver had
+    /// every delivery.
+    delivered_after: Samples,
     checks: Vec<(usize, String, u64, u64)>,
 }
 
@@ -247,6 +271,7 @@ impl Pipeline {
             uids,
             workers,
             load,
+            notify: Notify::NoRoutes,
             published: Samples::default(),
             stored: Samples::default(),
             alerted: Samples::default(),
@@ -257,6 +282,9 @@ impl Pipeline {
             alerter_mib: Samples::default(),
             locks: None,
             cpu: None,
+            webhook_requests: 0,
+            webhook_distinct: 0,
+            delivered_after: Samples::default(),
             checks: Vec::new(),
         }
     }
@@ -275,6 +303,11 @@ impl Pipeline {
         if measured.cpu.is_some() {
             self.cpu = measured.cpu;
         }
+        if let Some(delivered) = measured.webhooks {
+            self.webhook_requests += delivered.requests;
+            self.webhook_distinct += delivered.distinct;
+            self.delivered_after.push(delivered.after.as_secs_f64());
+        }
         self.ingestor_mib.push(measured.ingestor_mib);
         self.alerter_mib.push(measured.alerter_mib);
         if let Some(locks) = &measured.locks {
@@ -287,10 +320,11 @@ impl Pipeline {
         }
     }
 
-    /// `1+1` or `2+2`: ingestors + alerters, and how they fold a repeating load.
+    /// `1+1` or `2+2`: ingestors + alerters, how they fold a repeating load, and their
+    /// notification delivery when it is not as deployed.
     fn shape(&self) -> String {
         let workers = format!("{}+{}", self.workers, self.workers);
-        match self.load {
+        let shape = match self.load {
             Load::Generated => workers,
             Load::Repeating { keys, folding } => format!(
                 "{workers}, {} keys, {}",
@@ -300,6 +334,11 @@ impl Pipeline {
                     Folding::Keys { .. } => "folded",
                 }
             ),
+        };
+        match self.notify {
+            Notify::NoRoutes => shape,
+            Notify::Off => format!("{shape}, delivery off"),
+            Notify::Webhooks { routes } => format!("{shape}, {routes} webhook routes"),
         }
     }
 }
@@ -358,6 +397,8 @@ struct Measured {
     scaling: Vec<Pipeline>,
     /// Per backend: the repeating load with `ALERT_FOLD_KEY=none`, then folded.
     folding: Vec<[Pipeline; 2]>,
+    /// Per backend: the latency phase with notification delivery off, then on.
+    notify: Vec<[Pipeline; 2]>,
     cells: Vec<ApiCell>,
     api_mib: f64,
 }
@@ -455,6 +496,7 @@ async fn run(args: Args) -> Result<bool> {
                     latency: Some(phases),
                     snapshot_to: for_api.then_some(snapshot.as_path()),
                     load: Load::Generated,
+                    notify: Notify::NoRoutes,
                 })
                 .await
                 .with_context(|| {
@@ -506,6 +548,7 @@ async fn run(args: Args) -> Result<bool> {
                 latency: None,
                 snapshot_to: None,
                 load: Load::Generated,
+                notify: Notify::NoRoutes,
             })
             .await
             .with_context(|| format!("scaling on {}, run {}", backend.name(), run + 1))?;
@@ -547,6 +590,7 @@ async fn run(args: Args) -> Result<bool> {
                     latency: None,
                     snapshot_to: None,
                     load: pipeline.load,
+                    notify: Notify::NoRoutes,
                 })
                 .await
                 .with_context(|| {
@@ -565,6 +609,65 @@ async fn run(args: Args) -> Result<bool> {
             }
         }
         folding.push(pair);
+    }
+
+    // Alert latency with notification delivery off (no delivery loop) and on (two webhook
+    // routes matching every alert), alternating within each run. The latency phase only, on
+    // a fresh database: a sustained phase would leave a backlog of deliveries behind.
+    let mut notify = Vec::new();
+    for backend in &backends {
+        if !RunOn::wanted(&args.notify, backend) {
+            continue;
+        }
+        let mut pair = [
+            Notify::Off,
+            Notify::Webhooks {
+                routes: WEBHOOK_ROUTES,
+            },
+        ]
+        .map(|notify| Pipeline {
+            notify,
+            ..Pipeline::new(backend, kinds[0], 1, Load::Generated)
+        });
+        for run in 0..runs {
+            for pipeline in &mut pair {
+                progress(&format!(
+                    "delivery comparison on {}, {}, run {} of {runs}",
+                    backend.name(),
+                    pipeline.shape(),
+                    run + 1
+                ));
+                let (measured, _nats, _dir) = pipeline::run(pipeline::Plan {
+                    backend,
+                    uids: kinds[0],
+                    events: 0,
+                    seed: 7 + 10 * run as u64,
+                    workers: 1,
+                    latency: Some(phases),
+                    snapshot_to: None,
+                    load: Load::Generated,
+                    notify: pipeline.notify,
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "delivery comparison on {}, {}, run {}",
+                        backend.name(),
+                        pipeline.shape(),
+                        run + 1
+                    )
+                })?;
+                if let Some(stages) = &measured.latency_fixed {
+                    progress(&format!(
+                        "  alert latency p50 {:.2} ms, p99 {:.2} ms",
+                        stages.total.quantile_ms(0.5),
+                        stages.total.quantile_ms(0.99)
+                    ));
+                }
+                pipeline.record(run, measured);
+            }
+        }
+        notify.push(pair);
     }
 
     let (nats, _logs) = kept.context("no SQLite pipeline run")?;
@@ -612,6 +715,7 @@ async fn run(args: Args) -> Result<bool> {
         pipelines,
         scaling,
         folding,
+        notify,
         cells,
         api_mib,
     };
@@ -672,10 +776,11 @@ fn command_line(args: &Args, kinds: &[Uids]) -> String {
     );
     let _ = write!(
         line,
-        " --scaling {} --folding {} --fold-keys {}",
+        " --scaling {} --folding {} --fold-keys {} --notify {}",
         RunOn::flag(&args.scaling),
         RunOn::flag(&args.folding),
-        args.fold_keys
+        args.fold_keys,
+        RunOn::flag(&args.notify)
     );
     if args.postgres_url == "off" {
         line.push_str(" --postgres-url off");
@@ -748,6 +853,7 @@ fn render(args: &Args, m: &Measured) -> (String, bool) {
     }
     render_scaling(&mut out, m);
     render_folding(&mut out, m, args);
+    render_notify(&mut out, m, args);
     render_api(&mut out, m, args);
     render_targets(&mut out, m, &kinds);
     let ok = render_checks(&mut out, m);
@@ -1094,6 +1200,76 @@ fn render_folding(out: &mut String, m: &Measured, args: &Args) {
     }
 }
 
+fn render_notify(out: &mut String, m: &Measured, args: &Args) {
+    let _ = writeln!(
+        out,
+        "\n## Notification delivery: alert latency with delivery off and on\n"
+    );
+    if m.notify.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not run (`--notify off`, or no backend of it measured)."
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "The 1,000 events/s latency phase of the runs above ({} s measured after {} s \
+         unmeasured; **total**: publish → `alerts.created.*` seen), but on a fresh database \
+         with no sustained phase before it (which would leave a backlog of deliveries): once \
+         with `NOTIFY_DELIVERY=false` (the alerter runs no delivery loop and has no `notifier` \
+         consumer) and once with delivery on and {WEBHOOK_ROUTES} webhook routes that match \
+         every alert (`NOTIFY_ROUTES_FILE`), about {} deliveries a second, to a receiver in \
+         the bench: an HTTP server on a loopback port on its own thread, answering 200 at once \
+         (`NOTIFY_ALLOW_PRIVATE_TARGETS=true`). Alternating within each run. The receiver must \
+         get one request per (alert, route), counted by distinct `webhook-id` (a delivery \
+         attempted again keeps its id): checked below. *All delivered*: how long the receiver \
+         still waited for deliveries once every alert was notified (and checked).\n",
+        args.latency_seconds,
+        args.latency_warm_up_seconds,
+        thousands(500.0 * WEBHOOK_ROUTES as f64)
+    );
+    let _ = writeln!(
+        out,
+        "| backend | uids | delivery | p50 | p99 | p99 vs off | max | webhook requests (distinct `webhook-id`s), all runs | all delivered |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for [off, on] in &m.notify {
+        for p in [off, on] {
+            let (delivery, versus, requests, after) = match p.notify {
+                Notify::Webhooks { routes } => (
+                    format!("on, {routes} webhook routes"),
+                    percent(p.fixed.p99[4].median(), off.fixed.p99[4].median()),
+                    format!(
+                        "{} ({})",
+                        thousands(p.webhook_requests as f64),
+                        thousands(p.webhook_distinct as f64)
+                    ),
+                    with_spread(&p.delivered_after, |v| format!("{v:.1} s")),
+                ),
+                _ => (
+                    "off (`NOTIFY_DELIVERY=false`)".to_owned(),
+                    "—".to_owned(),
+                    "—".to_owned(),
+                    "—".to_owned(),
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {delivery} | {} | {} | {versus} | {} | {requests} | {after} |",
+                p.backend,
+                p.uids.flag(),
+                ms(&p.fixed.p50[4]),
+                ms(&p.fixed.p99[4]),
+                ms(&p.fixed.max)
+            );
+        }
+    }
+}
+
 fn render_api(out: &mut String, m: &Measured, args: &Args) {
     let _ = writeln!(
         out,
@@ -1136,7 +1312,7 @@ fn render_api(out: &mut String, m: &Measured, args: &Args) {
 }
 
 fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
-    let _ = writeln!(out, "\n## Targets (issues 11 and 12)\n");
+    let _ = writeln!(out, "\n## Targets (issues 11, 12 and 13)\n");
     let _ = writeln!(
         out,
         "Each a ratio or a figure of this run. [`bench/PROFILES.md`](bench/PROFILES.md) traces \
@@ -1311,6 +1487,32 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
             verdict(with >= 0.9 * without),
         );
     }
+    let target = |backend: &str, uids: &str| {
+        format!(
+            "{backend}{uids}: alert latency p99 at 1,000 events/s with delivery on ({WEBHOOK_ROUTES} \
+             webhook routes) ≤ {:.0}% of off (`NOTIFY_DELIVERY=false`), same run",
+            100.0 * DELIVERY_P99_TOLERANCE
+        )
+    };
+    if m.notify.is_empty() {
+        row(
+            target("SQLite", ""),
+            "not run (`--notify off`)".to_owned(),
+            NOT,
+        );
+    }
+    for [off, on] in &m.notify {
+        let (with, without) = (on.fixed.p99[4].median(), off.fixed.p99[4].median());
+        row(
+            target(off.backend, &format!(", {} uids", off.uids.flag())),
+            format!(
+                "{with:.2} ms vs {without:.2} ms = {} (off's runs ±{:.0}%)",
+                percent(with, without),
+                100.0 * off.fixed.p99[4].spread()
+            ),
+            verdict(without > 0.0 && with <= DELIVERY_P99_TOLERANCE * without),
+        );
+    }
     for (request, what) in [
         (api::SUMMARY, "`GET /api/alerts/summary/`"),
         (api::SEARCH, "a `q=` search"),
@@ -1333,6 +1535,7 @@ fn render_targets(out: &mut String, m: &Measured, kinds: &[Uids]) {
         .iter()
         .chain(&m.scaling)
         .chain(m.folding.iter().flatten())
+        .chain(m.notify.iter().flatten())
         .flat_map(|p| {
             [
                 (p.ingestor_mib.max(), "ingestor", p),
@@ -1374,6 +1577,7 @@ fn render_checks(out: &mut String, m: &Measured) -> bool {
         .iter()
         .chain(&m.scaling)
         .chain(m.folding.iter().flatten())
+        .chain(m.notify.iter().flatten())
     {
         for (run, what, expected, found) in &p.checks {
             let passed = expected == found;

@@ -1,7 +1,8 @@
 //! The pipeline as deployed: `ingestor` and `alerter` processes on a fresh nats-server and a
 //! fresh database (a SQLite file or a PostgreSQL scratch database). Sustained rate for a
 //! large load, then latency from publish to `alerts.created.*` at fixed rates, stage by
-//! stage, then the correctness checks.
+//! stage, then the correctness checks; with notification delivery as deployed, off, or to
+//! webhook routes (the delivery comparison).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::load::{self, Outgoing, Publisher, Sent, Uids};
 use crate::locks::{LockSampler, LockSamples};
 use crate::procs::{CpuMeter, CpuUse, Service, free_port, pids_named};
 use crate::stats::Latencies;
+use crate::webhooks::Webhooks;
 
 /// How long the fixed-rate latency phases publish: `warm_up` unmeasured (the rate's
 /// steady state, not the tail of the disk work the sustained phase left behind), then
@@ -118,15 +120,35 @@ pub struct PipelineRun {
     pub locks: Option<LockSamples>,
     /// Where the machine's CPU went during the sustained phase.
     pub cpu: Option<CpuUse>,
+    /// What the webhook receiver got (runs with [`Notify::Webhooks`]).
+    pub webhooks: Option<Delivered>,
     /// The correctness checks, as `(what, expected, found)`.
     pub checks: Vec<(String, u64, u64)>,
 }
 
+/// The webhook deliveries of a run with [`Notify::Webhooks`].
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    /// Requests the receiver got.
+    pub requests: u64,
+    /// Distinct `webhook-id`s among them.
+    pub distinct: u64,
+    /// From the end of the latency phases (every alert notified) and their checks until the
+    /// receiver had them all (or the wait gave up).
+    pub after: Duration,
+}
+
 impl Stack {
     /// Starts a fresh broker, a fresh database on `backend`, and `workers` ingestors and
-    /// as many alerters (each its own process and metrics port), and waits until they are
-    /// ready. They start one at a time, so that only the first migrates the database.
-    pub async fn start(backend: &Backend, workers: usize, folding: Folding) -> Result<Stack> {
+    /// as many alerters (each its own process and metrics port; the alerters with
+    /// `alerter_env` besides), and waits until they are ready. They start one at a time, so
+    /// that only the first migrates the database.
+    pub async fn start(
+        backend: &Backend,
+        workers: usize,
+        folding: Folding,
+        alerter_env: &[(&'static str, String)],
+    ) -> Result<Stack> {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
         let database = Database::create(backend, dir.path()).await?;
@@ -139,16 +161,16 @@ impl Stack {
                 let log_dir = dir.path().join(format!("workers-{n}"));
                 std::fs::create_dir_all(&log_dir)?;
                 let port = free_port()?;
-                let mut service = Service::start(
-                    name,
-                    &[
-                        ("NATS_URL", nats.url()),
-                        ("DATABASE_URL", db_url.clone()),
-                        ("METRICS_ADDR", format!("127.0.0.1:{port}")),
-                        ("ALERT_FOLD_KEY", folding.fold_key().to_owned()),
-                    ],
-                    &log_dir,
-                )?;
+                let mut env = vec![
+                    ("NATS_URL", nats.url()),
+                    ("DATABASE_URL", db_url.clone()),
+                    ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+                    ("ALERT_FOLD_KEY", folding.fold_key().to_owned()),
+                ];
+                if name == "alerter" {
+                    env.extend_from_slice(alerter_env);
+                }
+                let mut service = Service::start(name, &env, &log_dir)?;
                 service
                     .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
                     .await?;
@@ -625,7 +647,8 @@ pub struct Plan<'a> {
     pub backend: &'a Backend,
     /// The sensors' uid kind.
     pub uids: Uids,
-    /// Events in the sustained phase.
+    /// Events in the sustained phase; 0 for none (the latency phases then start on an empty
+    /// database, and there is no half-rate phase: no stored rate was measured).
     pub events: u64,
     /// Seed of the generated events.
     pub seed: u64,
@@ -637,6 +660,24 @@ pub struct Plan<'a> {
     pub snapshot_to: Option<&'a Path>,
     /// The load and how the alerters fold it.
     pub load: Load,
+    /// Whether and where the alerters deliver notifications.
+    pub notify: Notify,
+}
+
+/// Whether the alerters deliver notifications, and to what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// As deployed without routes: the delivery loop runs (its consumer reads ALERTS) but
+    /// matches no route, so nothing is delivered. Every run but the delivery comparison's.
+    NoRoutes,
+    /// `NOTIFY_DELIVERY=false`: the alerters run no delivery loop at all.
+    Off,
+    /// Delivery on, with `routes` webhook routes that match every alert (a
+    /// `NOTIFY_ROUTES_FILE`), all to a receiver in the bench that answers 200.
+    Webhooks {
+        /// The routes.
+        routes: usize,
+    },
 }
 
 /// What a pipeline run publishes, and how its alerters fold.
@@ -700,31 +741,58 @@ pub async fn run(plan: Plan<'_>) -> Result<(PipelineRun, NatsServer, TempDir)> {
         plan.latency.is_none() || plan.load == Load::Generated,
         "the latency phases count an alert per escalation: they need the generated load"
     );
+    ensure!(
+        !matches!(plan.notify, Notify::Webhooks { .. }) || plan.load == Load::Generated,
+        "the webhook check counts a delivery per escalation and route: it needs the generated load"
+    );
     let mut run = PipelineRun::default();
     let events = plan.load.events(plan.events, plan.seed, plan.uids)?;
-    let stack = Stack::start(plan.backend, plan.workers, plan.load.folding()).await?;
-    let sampler = match stack.postgres_url() {
-        Some(url) if plan.workers > 1 => Some(LockSampler::start(&url).await?),
-        _ => None,
+    let webhooks = match plan.notify {
+        Notify::Webhooks { routes } => Some(Webhooks::start(routes)?),
+        Notify::NoRoutes | Notify::Off => None,
     };
-    stack.sustained(&events, &mut run).await?;
-    if let Some(sampler) = sampler {
-        run.locks = Some(sampler.finish().await?);
+    let alerter_env = match (plan.notify, &webhooks) {
+        (Notify::Off, _) => vec![("NOTIFY_DELIVERY", "false".to_owned())],
+        (_, Some(webhooks)) => webhooks.alerter_env(),
+        _ => Vec::new(),
+    };
+    let stack = Stack::start(
+        plan.backend,
+        plan.workers,
+        plan.load.folding(),
+        &alerter_env,
+    )
+    .await?;
+    let sustained = !events.is_empty();
+    if sustained {
+        let sampler = match stack.postgres_url() {
+            Some(url) if plan.workers > 1 => Some(LockSampler::start(&url).await?),
+            _ => None,
+        };
+        stack.sustained(&events, &mut run).await?;
+        if let Some(sampler) = sampler {
+            run.locks = Some(sampler.finish().await?);
+        }
+        stack.check(&events, &mut run).await?;
+        if let Some(path) = plan.snapshot_to {
+            stack.snapshot(path).await?;
+        }
     }
-    stack.check(&events, &mut run).await?;
-    if let Some(path) = plan.snapshot_to {
-        stack.snapshot(path).await?;
-    }
+    let mut sent = events;
     if let Some(phases) = plan.latency {
-        let mut sent = events;
+        let fixed_rate = 1000.0;
         let length = (phases.warm_up + phases.measured).as_secs_f64();
         // A pipeline slower than the rate drains a backlog after the phase: allow twice the
-        // time its stored rate says, and a minute besides.
-        let within = |count: usize| {
-            Duration::from_secs_f64(length + 60.0 + 2.0 * count as f64 / run.stored_rate.max(1.0))
+        // time its stored rate (or, without a sustained phase, the fixed rate) says, and a
+        // minute besides.
+        let drain_rate = if sustained {
+            run.stored_rate.max(1.0)
+        } else {
+            fixed_rate
         };
+        let within =
+            |count: usize| Duration::from_secs_f64(length + 60.0 + 2.0 * count as f64 / drain_rate);
 
-        let fixed_rate = 1000.0;
         let fixed = load::events((fixed_rate * length) as u64, plan.seed + 1, plan.uids)?;
         let warm = (fixed_rate * phases.warm_up.as_secs_f64()) as usize;
         run.latency_fixed = Some(
@@ -735,25 +803,52 @@ pub async fn run(plan: Plan<'_>) -> Result<(PipelineRun, NatsServer, TempDir)> {
         );
         sent.extend(fixed);
 
-        run.half_rate = run.stored_rate / 2.0;
-        let half = load::events((run.half_rate * length) as u64, plan.seed + 2, plan.uids)?;
-        let warm = (run.half_rate * phases.warm_up.as_secs_f64()) as usize;
-        run.latency_half = Some(
-            stack
-                .latency(&half, run.half_rate, warm, within(half.len()))
-                .await
-                .context("latency at half the stored rate")?,
-        );
-        sent.extend(half);
+        if sustained {
+            run.half_rate = run.stored_rate / 2.0;
+            let half = load::events((run.half_rate * length) as u64, plan.seed + 2, plan.uids)?;
+            let warm = (run.half_rate * phases.warm_up.as_secs_f64()) as usize;
+            run.latency_half = Some(
+                stack
+                    .latency(&half, run.half_rate, warm, within(half.len()))
+                    .await
+                    .context("latency at half the stored rate")?,
+            );
+            sent.extend(half);
+        }
 
         // Checked again over everything sent, the latency phases included.
         let sustained_checks = std::mem::take(&mut run.checks);
         stack.check(&sent, &mut run).await?;
-        for check in &mut run.checks {
-            check.0 = format!("after the latency phases too: {}", check.0);
+        if sustained {
+            for check in &mut run.checks {
+                check.0 = format!("after the latency phases too: {}", check.0);
+            }
         }
         run.checks.splice(0..0, sustained_checks);
     }
+    if let Some(webhooks) = &webhooks {
+        // One delivery per alert message and route: with the generated load (no folding)
+        // only `alerts.created.*`, one per escalated event. Counted by `webhook-id`, which
+        // an attempt made again keeps; allow at least 50 deliveries a second.
+        let expected = load::at_or_above(&sent, Severity::High) * webhooks.routes() as u64;
+        let from = Instant::now();
+        let deadline = from + Duration::from_secs(60) + Duration::from_millis(20 * expected);
+        let received = webhooks.wait_for(expected, deadline).await;
+        run.webhooks = Some(Delivered {
+            requests: received.requests,
+            distinct: received.distinct,
+            after: from.elapsed(),
+        });
+        run.checks.push((
+            format!(
+                "webhook deliveries = alerts × {} routes (distinct `webhook-id`s received)",
+                webhooks.routes()
+            ),
+            expected,
+            received.distinct,
+        ));
+    }
     let (nats, dir) = stack.stop_workers(&mut run).await?;
+    drop(webhooks);
     Ok((run, nats, dir))
 }

@@ -1,7 +1,8 @@
 //! Smoke test of the whole benchmark with tiny figures: the `threatmon-bench` binary runs the
 //! raw limits, the pipeline on SQLite (and on PostgreSQL when `TEST_POSTGRES_URL` names a
-//! server), the scaling run and the api, with the debug builds of the services, and must
-//! exit successfully with every correctness check passed. It starts its own nats-server.
+//! server), the scaling run, the folding and delivery comparisons and the api, with the debug
+//! builds of the services, and must exit successfully with every correctness check passed.
+//! It starts its own nats-server.
 //!
 //! The services are found beside the bench binary (`target/debug`); the test builds them
 //! there first (`threatmon_tests::binary`).
@@ -78,6 +79,15 @@ fn a_tiny_benchmark_passes_every_check_on_both_backends() {
         "| SQLite | v4 | 1+1, 1,000 keys, folded |",
     ] {
         assert!(report.contains(row), "no folding checks `{row}`:\n{report}");
+    }
+    for row in [
+        "| SQLite | v4 | 1+1, delivery off |",
+        "| SQLite | v4 | 1+1, 2 webhook routes |",
+    ] {
+        assert!(
+            report.contains(row),
+            "no delivery comparison checks `{row}`:\n{report}"
+        );
     }
     assert!(
         report.contains("GET /api/alerts/summary/") && report.contains("?q=ransomware"),
