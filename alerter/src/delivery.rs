@@ -25,7 +25,7 @@ use common::domain::{Matched, from_micros};
 use common::notify::{AlertNotice, Notifier, Retry, next_attempt_at};
 use common::ops;
 use common::storage::{
-    AttemptOutcome, AttemptResult, ClaimedDelivery, NewDelivery, Route, Storage,
+    AttemptOutcome, AttemptResult, ClaimedDelivery, FinishedAttempt, NewDelivery, Route, Storage,
 };
 use common::subjects::{self, STAGE_NOTIFY};
 use common::worker::{DeadLetters, Settlement};
@@ -154,10 +154,15 @@ impl Delivery {
 
     /// Claims and attempts due deliveries until `shutdown`; then waits a little for the
     /// attempts in flight (a lease left behind is taken over when it runs out).
+    ///
+    /// The attempts' outcomes are recorded here, those that ended together in one
+    /// transaction, as their claims and beginnings are per route and round: a few commits
+    /// for many deliveries, so that delivery leaves the database's one writer to the
+    /// pipeline (each commit is a sync to disk).
     pub async fn dispatch(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let mut busy: HashMap<i64, usize> = HashMap::new();
-        let mut attempts: JoinSet<i64> = JoinSet::new();
+        let mut attempts: JoinSet<Ended> = JoinSet::new();
         let mut last_age_report = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             if let Err(err) = crate::reminders::make_due(&this.storage, Utc::now()).await {
@@ -174,12 +179,11 @@ impl Delivery {
                 () = shutdown.cancelled() => break,
                 () = this.wake.notified() => {}
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Ok(route_id) = done {
-                        release(&mut busy, route_id);
+                    let mut ended: Vec<Ended> = done.into_iter().collect();
+                    while let Some(done) = attempts.try_join_next() {
+                        ended.extend(done);
                     }
-                    while let Some(Ok(route_id)) = attempts.try_join_next() {
-                        release(&mut busy, route_id);
-                    }
+                    this.record_ended(&mut busy, ended).await;
                 }
                 () = tokio::time::sleep(POLL) => {}
             }
@@ -189,16 +193,30 @@ impl Delivery {
         while !attempts.is_empty() {
             tokio::select! {
                 () = &mut grace => break,
-                _ = attempts.join_next() => {}
+                Some(done) = attempts.join_next() => {
+                    this.record_ended(&mut busy, done.into_iter().collect()).await;
+                }
             }
         }
         attempts.abort_all();
     }
 
+    /// Records the outcomes of attempts that ended, and frees their routes' places.
+    async fn record_ended(&self, busy: &mut HashMap<i64, usize>, ended: Vec<Ended>) {
+        let finished: Vec<FinishedAttempt> = ended.iter().map(|e| e.finished.clone()).collect();
+        if let Err(err) = self.storage.finish_attempts(&finished, Utc::now()).await {
+            // The attempts stay in flight; their deliveries are claimed again after the lease.
+            tracing::warn!(error = %err, attempts = finished.len(), "cannot record attempts' outcomes");
+        }
+        for e in &ended {
+            release(busy, e.route_id);
+        }
+    }
+
     async fn claim_round(
         self: &Arc<Self>,
         busy: &mut HashMap<i64, usize>,
-        attempts: &mut JoinSet<i64>,
+        attempts: &mut JoinSet<Ended>,
     ) -> Result<(), common::storage::StorageError> {
         let now = Utc::now();
         let due = self.storage.routes_with_due_deliveries(now).await?;
@@ -233,38 +251,33 @@ impl Delivery {
                     now,
                 )
                 .await?;
-            for delivery in claimed {
-                let Some(route) = routes.get(&route_id).cloned() else {
+            let Some(route) = routes.get(&route_id).cloned() else {
+                for delivery in claimed {
                     self.storage
                         .cancel_delivery(delivery.id, "the route is disabled or deleted", now)
                         .await?;
-                    continue;
-                };
+                }
+                continue;
+            };
+            // Written before any is attempted; if this fails, the leases run out and the
+            // deliveries are claimed again.
+            let attempt_ids = self
+                .storage
+                .begin_attempts(&claimed, &route.spec.name, Utc::now())
+                .await?;
+            for (delivery, attempt_id) in claimed.into_iter().zip(attempt_ids) {
                 *busy.entry(route_id).or_default() += 1;
                 let this = self.clone();
-                attempts.spawn(async move {
-                    this.attempt(&route, delivery).await;
-                    route_id
-                });
+                let route = route.clone();
+                attempts.spawn(async move { this.attempt(&route, delivery, attempt_id).await });
             }
         }
         Ok(())
     }
 
-    /// One attempt at a claimed delivery: recorded, made, and its outcome recorded.
-    async fn attempt(&self, route: &Route, delivery: ClaimedDelivery) {
-        let attempt_id = match self
-            .storage
-            .begin_attempt(&delivery, &route.spec.name, Utc::now())
-            .await
-        {
-            Ok(id) => id,
-            Err(err) => {
-                // Not attempted: the lease runs out and the delivery is claimed again.
-                tracing::warn!(error = %err, delivery = delivery.id, "cannot record an attempt");
-                return;
-            }
-        };
+    /// One attempt at a claimed delivery, its beginning recorded: made, and its outcome
+    /// judged (dead-lettered when it failed for good) for the dispatcher to record.
+    async fn attempt(&self, route: &Route, delivery: ClaimedDelivery, attempt_id: i64) -> Ended {
         let webhook_id = delivery.webhook_id();
         let (result, notice) = match AlertNotice::from_stored(&delivery.payload) {
             Ok(notice) => {
@@ -305,16 +318,13 @@ impl Delivery {
                 "outcome" => outcome_name(outcome))
             .increment(1);
         }
-        if let Err(err) = self
-            .storage
-            .finish_attempt(delivery.id, attempt_id, &result, Utc::now())
-            .await
-        {
-            // The attempt stays in flight; its delivery is claimed again after the lease.
-            tracing::warn!(error = %err, delivery = delivery.id, "cannot record an attempt's outcome");
-        }
-        if outcome == AttemptOutcome::Retrying {
-            self.wake.notify_one();
+        Ended {
+            route_id: route.id,
+            finished: FinishedAttempt {
+                delivery_id: delivery.id,
+                attempt_id,
+                result,
+            },
         }
     }
 
@@ -398,6 +408,13 @@ impl Delivery {
             Err(err) => tracing::debug!(error = %err, "cannot read the delivery queue's age"),
         }
     }
+}
+
+/// An attempt that ended, for the dispatcher to record.
+#[derive(Debug)]
+struct Ended {
+    route_id: i64,
+    finished: FinishedAttempt,
 }
 
 fn release(busy: &mut HashMap<i64, usize>, route_id: i64) {

@@ -44,8 +44,8 @@ pub use alerts::{
 };
 pub use events::{EventFilter, EventRecord, StoredEvents};
 pub use notifications::{
-    AttemptOutcome, AttemptResult, ClaimedDelivery, DeliveryAttempt, DeliveryRecord, NewDelivery,
-    Route, delivery_webhook_id,
+    AttemptOutcome, AttemptResult, ClaimedDelivery, DeliveryAttempt, DeliveryRecord,
+    FinishedAttempt, NewDelivery, Route, delivery_webhook_id,
 };
 pub use reminders::{DueReminder, ReminderDecision};
 pub use users::{NewUser, UserChanges};

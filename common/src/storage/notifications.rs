@@ -286,6 +286,17 @@ impl AttemptOutcome {
     }
 }
 
+/// An attempt that ended, to record ([`Storage::finish_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedAttempt {
+    /// Its delivery.
+    pub delivery_id: i64,
+    /// The attempt, as [`Storage::begin_attempts`] numbered it.
+    pub attempt_id: i64,
+    /// What it found.
+    pub result: AttemptResult,
+}
+
 /// What an attempt found, to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptResult {
@@ -768,48 +779,72 @@ impl Storage {
         route_name: &str,
         now: DateTime<Utc>,
     ) -> Result<i64, StorageError> {
-        self.retrying_while_busy(|| self.begin_attempt_once(delivery, route_name, now))
+        let ids = self
+            .begin_attempts(std::slice::from_ref(delivery), route_name, now)
+            .await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| StorageError::Corrupt("no attempt was recorded".to_owned()))
+    }
+
+    /// [`Storage::begin_attempt`] for claimed deliveries of one route, in one transaction
+    /// (one commit, so one sync to disk, for a whole claim). Returns the attempts' ids, in
+    /// the order of `deliveries`.
+    pub async fn begin_attempts(
+        &self,
+        deliveries: &[ClaimedDelivery],
+        route_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StorageError> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying_while_busy(|| self.begin_attempts_once(deliveries, route_name, now))
             .await
     }
 
-    async fn begin_attempt_once(
+    async fn begin_attempts_once(
         &self,
-        delivery: &ClaimedDelivery,
+        deliveries: &[ClaimedDelivery],
         route_name: &str,
         now: DateTime<Utc>,
-    ) -> Result<i64, StorageError> {
+    ) -> Result<Vec<i64>, StorageError> {
         let now = to_micros(now);
         in_write_transaction!(self, |tx| {
-            sqlx::query::<Db>(
-                "UPDATE notification_attempts SET outcome = 'interrupted', finished_at = $1, \
-                 error = $2 WHERE delivery_id = $3 AND outcome = 'in_flight'",
-            )
-            .bind(now)
-            .bind(INTERRUPTED)
-            .bind(delivery.id)
-            .execute(&mut *tx)
-            .await?;
-            let attempt: i64 = sqlx::query_scalar::<Db, i64>(
-                "UPDATE notification_deliveries SET attempts = attempts + 1 WHERE id = $1 \
-                 RETURNING attempts",
-            )
-            .bind(delivery.id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let id: i64 = sqlx::query_scalar::<Db, i64>(
-                "INSERT INTO notification_attempts (delivery_id, route_id, route_name, alert_id, \
-                 attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(delivery.id)
-            .bind(delivery.route_id)
-            .bind(route_name)
-            .bind(delivery.alert_id)
-            .bind(attempt)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let mut ids = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                sqlx::query::<Db>(
+                    "UPDATE notification_attempts SET outcome = 'interrupted', finished_at = $1, \
+                     error = $2 WHERE delivery_id = $3 AND outcome = 'in_flight'",
+                )
+                .bind(now)
+                .bind(INTERRUPTED)
+                .bind(delivery.id)
+                .execute(&mut *tx)
+                .await?;
+                let attempt: i64 = sqlx::query_scalar::<Db, i64>(
+                    "UPDATE notification_deliveries SET attempts = attempts + 1 WHERE id = $1 \
+                     RETURNING attempts",
+                )
+                .bind(delivery.id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let id: i64 = sqlx::query_scalar::<Db, i64>(
+                    "INSERT INTO notification_attempts (delivery_id, route_id, route_name, \
+                     alert_id, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(delivery.id)
+                .bind(delivery.route_id)
+                .bind(route_name)
+                .bind(delivery.alert_id)
+                .bind(attempt)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                ids.push(id);
+            }
             tx.commit().await?;
-            Ok(id)
+            Ok(ids)
         })
     }
 
@@ -822,52 +857,77 @@ impl Storage {
         result: &AttemptResult,
         now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
-        self.retrying_while_busy(|| self.finish_attempt_once(delivery_id, attempt_id, result, now))
+        self.finish_attempts(
+            &[FinishedAttempt {
+                delivery_id,
+                attempt_id,
+                result: result.clone(),
+            }],
+            now,
+        )
+        .await
+    }
+
+    /// [`Storage::finish_attempt`] for several attempts, in one transaction.
+    pub async fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        self.retrying_while_busy(|| self.finish_attempts_once(finished, now))
             .await
     }
 
-    async fn finish_attempt_once(
+    async fn finish_attempts_once(
         &self,
-        delivery_id: i64,
-        attempt_id: i64,
-        result: &AttemptResult,
+        finished: &[FinishedAttempt],
         now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
         let now = to_micros(now);
-        let next = result.next_attempt_at.map(to_micros);
-        let (state, finished) = match result.outcome {
-            AttemptOutcome::Delivered => ("delivered", Some(now)),
-            AttemptOutcome::Retrying => ("pending", None),
-            _ => ("failed", Some(now)),
-        };
         in_write_transaction!(self, |tx| {
-            sqlx::query::<Db>(
-                "UPDATE notification_attempts SET outcome = $1, finished_at = $2, \
-                 status_code = $3, reply = $4, error = $5, latency_us = $6, next_attempt_at = $7 \
-                 WHERE id = $8",
-            )
-            .bind(result.outcome.as_str())
-            .bind(now)
-            .bind(result.status_code)
-            .bind(result.reply.as_deref())
-            .bind(result.error.as_deref())
-            .bind(result.latency_us)
-            .bind(next)
-            .bind(attempt_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query::<Db>(
-                "UPDATE notification_deliveries SET state = $1, finished_at = $2, \
-                 next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4, lease = NULL, \
-                 lease_until = NULL WHERE id = $5",
-            )
-            .bind(state)
-            .bind(finished)
-            .bind(next)
-            .bind(result.error.as_deref())
-            .bind(delivery_id)
-            .execute(&mut *tx)
-            .await?;
+            for FinishedAttempt {
+                delivery_id,
+                attempt_id,
+                result,
+            } in finished
+            {
+                let next = result.next_attempt_at.map(to_micros);
+                let (state, done_at) = match result.outcome {
+                    AttemptOutcome::Delivered => ("delivered", Some(now)),
+                    AttemptOutcome::Retrying => ("pending", None),
+                    _ => ("failed", Some(now)),
+                };
+                sqlx::query::<Db>(
+                    "UPDATE notification_attempts SET outcome = $1, finished_at = $2, \
+                     status_code = $3, reply = $4, error = $5, latency_us = $6, \
+                     next_attempt_at = $7 WHERE id = $8",
+                )
+                .bind(result.outcome.as_str())
+                .bind(now)
+                .bind(result.status_code)
+                .bind(result.reply.as_deref())
+                .bind(result.error.as_deref())
+                .bind(result.latency_us)
+                .bind(next)
+                .bind(*attempt_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query::<Db>(
+                    "UPDATE notification_deliveries SET state = $1, finished_at = $2, \
+                     next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4, \
+                     lease = NULL, lease_until = NULL WHERE id = $5",
+                )
+                .bind(state)
+                .bind(done_at)
+                .bind(next)
+                .bind(result.error.as_deref())
+                .bind(*delivery_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(())
         })
