@@ -308,6 +308,20 @@ impl Delivery {
             result.next_attempt_at = Some(Utc::now() + chrono::Duration::seconds(30));
         }
         let outcome = result.outcome;
+        // Errors name no URL and no secret (see `Notifier::send`).
+        match outcome {
+            AttemptOutcome::Retrying => tracing::info!(
+                route = %route.spec.name, delivery = delivery.id, attempt = delivery.attempts + 1,
+                status = ?result.status_code, error = ?result.error,
+                next_attempt_at = ?result.next_attempt_at, "notification attempt failed; retrying"
+            ),
+            AttemptOutcome::Failed => tracing::warn!(
+                route = %route.spec.name, delivery = delivery.id, attempt = delivery.attempts + 1,
+                status = ?result.status_code, error = ?result.error,
+                "notification failed for good; dead-lettered on deadletter.notify"
+            ),
+            _ => {}
+        }
         metrics::counter!(ops::NOTIFY_ATTEMPTS, "route" => route.spec.name.clone(),
             "outcome" => outcome_name(outcome))
         .increment(1);

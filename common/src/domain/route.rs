@@ -124,8 +124,10 @@ impl Trigger {
     }
 }
 
-/// What a route is: its target and what it matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a route is: its target and what it matches. Its `Debug` shows neither the secret nor
+/// the URL's path and query (a Slack URL's path is its token), so logging a route leaks
+/// nothing.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Unique name.
     pub name: String,
@@ -149,6 +151,28 @@ pub struct RouteSpec {
     pub on: Vec<Trigger>,
     /// Remind of an alert still OPEN this often (seconds); none = never.
     pub repeat_every_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self.url.as_deref().map(|url| match url::Url::parse(url) {
+            Ok(parsed) => format!("{}/…", parsed.origin().ascii_serialization()),
+            Err(_) => "(not a URL)".to_owned(),
+        });
+        f.debug_struct("RouteSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &target)
+            .field("to", &self.to)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("enabled", &self.enabled)
+            .field("min_severity", &self.min_severity)
+            .field("sources", &self.sources)
+            .field("event_types", &self.event_types)
+            .field("on", &self.on)
+            .field("repeat_every_secs", &self.repeat_every_secs)
+            .finish()
+    }
 }
 
 /// What an alert message says, as far as matching a route goes.
@@ -544,6 +568,19 @@ mod tests {
 
     fn parse(body: Value) -> Result<RouteSpec, FieldErrors> {
         RouteSpec::parse(body.as_object().expect("an object"), None)
+    }
+
+    #[test]
+    fn a_routes_debug_shows_neither_its_secret_nor_its_urls_token() {
+        let secret = new_secret().unwrap();
+        let spec = parse(json!({"name": "chat", "kind": "webhook", "secret": secret,
+            "url": "https://hooks.example.com/services/T0/B0/sEcReTtOkEn?key=qUeRy"}))
+        .unwrap();
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("https://hooks.example.com/…"), "{shown}");
+        for hidden in [secret.as_str(), &secret[6..], "sEcReTtOkEn", "qUeRy"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
     }
 
     #[test]
