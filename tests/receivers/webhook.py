@@ -3,9 +3,13 @@
 It verifies every request's signature with the Standard Webhooks reference library (PyPI
 `standardwebhooks`, installed by scripts/tools), never with threatmon's own code, and logs
 each request as one JSON line. It answers 500 to the first --fail-first requests, then 200;
-with --hang it never answers (to test that a hanging receiver is cut and blocks nobody).
+with --hang it never answers (to test that a hanging receiver is cut and blocks nobody), and
+with --log-hung too it logs each request it holds when it arrives ("status": null). With
+--delay-ms it waits that long before answering each request (a slow receiver, so that many
+requests are in flight at once); a request is logged when it is answered, "received_at" is
+when it arrived.
 
-    python webhook.py --port-file P --log L [--fail-first N] [--hang]
+    python webhook.py --port-file P --log L [--fail-first N] [--hang [--log-hung]] [--delay-ms MS]
     (the secret, whsec_…, comes in the RECEIVER_SECRET environment variable)
 """
 
@@ -23,6 +27,8 @@ parser.add_argument("--port-file", required=True)
 parser.add_argument("--log", required=True)
 parser.add_argument("--fail-first", type=int, default=0)
 parser.add_argument("--hang", action="store_true")
+parser.add_argument("--log-hung", action="store_true")
+parser.add_argument("--delay-ms", type=int, default=0)
 args = parser.parse_args()
 
 secret = os.environ.get("RECEIVER_SECRET", "")
@@ -35,7 +41,8 @@ class Handler(BaseHTTPRequestHandler):
         global seen
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
-        if args.hang:
+        received_at = time.time()
+        if args.hang and not args.log_hung:
             time.sleep(3600)
             return
         verified, error = False, None
@@ -45,29 +52,45 @@ class Handler(BaseHTTPRequestHandler):
                 verified = True
             except WebhookVerificationError as e:
                 error = str(e)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if args.hang:
+            with lock:
+                self.log_entry(None, received_at, verified, error, None, parsed)
+            time.sleep(3600)
+            return
+        if args.delay_ms > 0:
+            time.sleep(args.delay_ms / 1000)
         with lock:
             seen += 1
             status = 500 if seen <= args.fail_first else 200
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-            entry = {
-                "n": seen,
-                "at": time.time(),
-                "path": self.path,
-                "webhook_id": self.headers.get("webhook-id"),
-                "verified": verified,
-                "verify_error": error,
-                "status": status,
-                "body": parsed,
-            }
-            with open(args.log, "a", encoding="utf-8") as log:
-                log.write(json.dumps(entry) + "\n")
-        self.send_response(status)
-        self.send_header("content-type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"ok" if status == 200 else b"try again")
+            self.log_entry(seen, received_at, verified, error, status, parsed)
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"ok" if status == 200 else b"try again")
+        except (BrokenPipeError, ConnectionResetError):
+            # The sender went away (an alerter killed mid-attempt): logged as answered.
+            pass
+
+    def log_entry(self, n, received_at, verified, error, status, parsed):
+        """Appends one line; the caller holds the lock."""
+        entry = {
+            "n": n,
+            "at": time.time(),
+            "received_at": received_at,
+            "path": self.path,
+            "webhook_id": self.headers.get("webhook-id"),
+            "verified": verified,
+            "verify_error": error,
+            "status": status,
+            "body": parsed,
+        }
+        with open(args.log, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
 
     def log_message(self, *_):
         pass
