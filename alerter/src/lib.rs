@@ -253,14 +253,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         batch_size: usize::from(settings.pulling.batch_size),
         batches_in_flight: usize::from(settings.pulling.batches_in_flight),
     };
+    let intake = Source {
+        stream: subjects::ALERTS_STREAM,
+        consumer: subjects::notifier_consumer(settings.pulling.ack_wait()),
+        batch_size: usize::from(settings.pulling.batch_size),
+        batches_in_flight: 1,
+    };
+    if delivery.is_some() {
+        // Before the first alert: the consumer takes only messages published after it exists,
+        // so on a new deployment the first alerts would otherwise go unnotified.
+        worker::declare_consumer(&connected.js, &intake).await?;
+    }
     let notifying = async {
         let Some(delivery) = delivery else { return };
-        let intake = Source {
-            stream: subjects::ALERTS_STREAM,
-            consumer: subjects::notifier_consumer(settings.pulling.ack_wait()),
-            batch_size: usize::from(settings.pulling.batch_size),
-            batches_in_flight: 1,
-        };
         let dispatching = delivery.clone().dispatch(shutdown.clone());
         let recording = worker::run_batches(
             connected.js.clone(),

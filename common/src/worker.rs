@@ -63,20 +63,29 @@ impl Backoff {
     }
 }
 
-async fn open(
+/// Makes `source`'s durable consumer (or updates it: on nats-server 2.9 creating an existing
+/// durable with changed settings does), for a worker that must have it before it starts:
+/// one that takes only new messages misses those published before it exists.
+pub async fn declare_consumer(
     js: &jetstream::Context,
     source: &Source,
-) -> Result<jetstream::consumer::pull::Stream, BusError> {
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
     let stream = js
         .get_stream(source.stream)
         .await
         .map_err(|e| BusError::setup(format!("stream {}", source.stream), e))?;
-    // On nats-server 2.9 creating an existing durable with changed settings updates it.
-    let consumer = stream
+    stream
         .create_consumer(source.consumer.clone())
         .await
-        .map_err(|e| BusError::setup(format!("consumer on {}", source.stream), e))?;
-    consumer
+        .map_err(|e| BusError::setup(format!("consumer on {}", source.stream), e))
+}
+
+async fn open(
+    js: &jetstream::Context,
+    source: &Source,
+) -> Result<jetstream::consumer::pull::Stream, BusError> {
+    declare_consumer(js, source)
+        .await?
         .stream()
         // Several batches outstanding, so a full batch is buffered while the last one is
         // being stored: with only one, batches come out a fraction of the size.

@@ -2,14 +2,16 @@
 
 It verifies every request's signature with the Standard Webhooks reference library (PyPI
 `standardwebhooks`, installed by scripts/tools), never with threatmon's own code, and logs
-each request as one JSON line. It answers 500 to the first --fail-first requests, then 200;
+each request as one JSON line. It answers 500 (or --fail-status, with a Retry-After header of
+--retry-after seconds when given) to the first --fail-first requests, then 200;
 with --hang it never answers (to test that a hanging receiver is cut and blocks nobody), and
 with --log-hung too it logs each request it holds when it arrives ("status": null). With
 --delay-ms it waits that long before answering each request (a slow receiver, so that many
 requests are in flight at once); a request is logged when it is answered, "received_at" is
 when it arrived.
 
-    python webhook.py --port-file P --log L [--fail-first N] [--hang [--log-hung]] [--delay-ms MS]
+    python webhook.py --port-file P --log L [--fail-first N [--fail-status CODE]
+        [--retry-after S]] [--hang [--log-hung]] [--delay-ms MS]
     (the secret, whsec_…, comes in the RECEIVER_SECRET environment variable)
 """
 
@@ -26,6 +28,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port-file", required=True)
 parser.add_argument("--log", required=True)
 parser.add_argument("--fail-first", type=int, default=0)
+parser.add_argument("--fail-status", type=int, default=500)
+parser.add_argument("--retry-after", default=None)
 parser.add_argument("--hang", action="store_true")
 parser.add_argument("--log-hung", action="store_true")
 parser.add_argument("--delay-ms", type=int, default=0)
@@ -65,10 +69,12 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(args.delay_ms / 1000)
         with lock:
             seen += 1
-            status = 500 if seen <= args.fail_first else 200
+            status = args.fail_status if seen <= args.fail_first else 200
             self.log_entry(seen, received_at, verified, error, status, parsed)
         try:
             self.send_response(status)
+            if status != 200 and args.retry_after is not None:
+                self.send_header("retry-after", args.retry_after)
             self.send_header("content-type", "text/plain")
             self.end_headers()
             self.wfile.write(b"ok" if status == 200 else b"try again")

@@ -5,6 +5,8 @@
 // Test support: failing loudly is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod receivers;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -7,9 +7,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use chrono::Utc;
 use common::domain::{Alert, RouteSpec, Severity};
@@ -17,69 +14,8 @@ use common::storage::{AttemptOutcome, DeliveryAttempt, Storage};
 use common::subjects;
 use serde_json::{Value, json};
 use testkit::eventually;
+use threatmon_tests::receivers::Receiver;
 use threatmon_tests::{PATIENCE, Pipeline};
-
-/// The Python of scripts/tools's venv (with `aiosmtpd` and `standardwebhooks`; scripts/test
-/// sets it).
-fn python() -> String {
-    std::env::var("THREATMON_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// A receiver process of `tests/receivers/`, on a port it chose and wrote to its port file,
-/// logging what it got as JSON lines; killed when dropped.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    /// Starts `tests/receivers/<script>`.
-    async fn start(script: &str) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let log = dir.path().join("received.jsonl");
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("receivers")
-            .join(script);
-        let child = Command::new(python())
-            .arg(path)
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {script} (the venv of scripts/tools): {e}"));
-        let port = eventually(Duration::from_secs(20), "the receiver to listen", || {
-            let port_file = port_file.clone();
-            async move { std::fs::read_to_string(port_file).ok()?.trim().parse().ok() }
-        })
-        .await;
-        Receiver {
-            child,
-            log,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// What it got, in order.
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn create_route(storage: &Storage, body: Value) -> i64 {
     let spec = RouteSpec::parse(body.as_object().unwrap(), None).unwrap();
@@ -123,7 +59,7 @@ async fn delivered(storage: &Storage, alert: i64) -> Vec<DeliveryAttempt> {
 #[tokio::test]
 async fn an_email_route_sends_one_text_and_html_message_through_a_real_smtp_server() {
     let pipeline = Pipeline::start().await;
-    let smtp = Receiver::start("smtp.py").await;
+    let smtp = Receiver::start("smtp.py", "", &[]).await;
     create_route(
         &pipeline.storage,
         json!({"name": "soc-mail", "kind": "email",
@@ -243,7 +179,7 @@ async fn an_email_route_sends_one_text_and_html_message_through_a_real_smtp_serv
 async fn a_slack_route_posts_a_block_kit_message_with_the_alert_and_its_console_link() {
     let pipeline = Pipeline::start().await;
     // No RECEIVER_SECRET: a Slack message is not signed, the receiver only logs it.
-    let receiver = Receiver::start("webhook.py").await;
+    let receiver = Receiver::start("webhook.py", "", &[]).await;
     let url = format!("http://127.0.0.1:{}/services/T000/B000/XXXX", receiver.port);
     create_route(
         &pipeline.storage,
@@ -337,8 +273,8 @@ async fn a_slack_route_posts_a_block_kit_message_with_the_alert_and_its_console_
 #[tokio::test]
 async fn a_sensors_markup_reaches_people_as_text_in_email_and_slack() {
     let pipeline = Pipeline::start().await;
-    let smtp = Receiver::start("smtp.py").await;
-    let slack = Receiver::start("webhook.py").await;
+    let smtp = Receiver::start("smtp.py", "", &[]).await;
+    let slack = Receiver::start("webhook.py", "", &[]).await;
     create_route(
         &pipeline.storage,
         json!({"name": "mail", "kind": "email", "to": ["soc@example.com"]}),

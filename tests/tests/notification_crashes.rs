@@ -11,7 +11,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use common::storage::{
 use common::subjects;
 use serde_json::{Value, json};
 use testkit::eventually;
+use threatmon_tests::receivers::Receiver;
 use threatmon_tests::{PATIENCE, Pipeline, TEST_ACK_WAIT, binary, event};
 
 /// `NOTIFY_CONCURRENCY_PER_ROUTE` of the alerters these tests run (the default, said out loud:
@@ -32,72 +32,6 @@ const PER_ROUTE: usize = 4;
 /// One test at a time: the second measures delays, which the first's 1,000 deliveries (an
 /// alerter, two receivers and the database all busy) would inflate.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The Python with the `standardwebhooks` library (scripts/test sets it; the venv of
-/// scripts/tools).
-fn python() -> String {
-    std::env::var("THREATMON_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// A webhook receiver process; killed when dropped.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start(secret: &str, extra: &[&str]) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let log = dir.path().join("requests.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("receivers/webhook.py");
-        let child = Command::new(python())
-            .arg(script)
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .env("RECEIVER_SECRET", secret)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the webhook receiver (python3 with standardwebhooks)");
-        let port = eventually(Duration::from_secs(20), "the receiver to listen", || {
-            let port_file = port_file.clone();
-            async move { std::fs::read_to_string(port_file).ok()?.trim().parse().ok() }
-        })
-        .await;
-        Receiver {
-            child,
-            log,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// The requests it has logged, in order (a line still being written is left out).
-    fn requests(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An alerter process (`ALERT_FOLD_KEY=none`: one alert per escalated event), killed with
 /// SIGKILL when dropped.
@@ -180,7 +114,7 @@ async fn all_alert_ids(storage: &Storage) -> Vec<i64> {
 /// The requests a receiver answered 2xx, by alert id.
 fn answered_by_alert(receiver: &Receiver) -> HashMap<i64, Vec<Value>> {
     let mut by_alert: HashMap<i64, Vec<Value>> = HashMap::new();
-    for request in receiver.requests() {
+    for request in receiver.received() {
         if request["status"]
             .as_i64()
             .is_some_and(|s| (200..300).contains(&s))
@@ -213,7 +147,7 @@ async fn an_alerter_killed_during_1000_deliveries_delivers_each_once_but_those_i
     let mut routes = Vec::new();
     for name in ["soc-a", "soc-b"] {
         let secret = new_secret().unwrap();
-        let receiver = Receiver::start(&secret, &["--delay-ms", RECEIVER_DELAY_MS]).await;
+        let receiver = Receiver::webhook(&secret, &["--delay-ms", RECEIVER_DELAY_MS]).await;
         let spec = webhook_spec(name, &receiver.url(), &secret, Severity::High, true);
         routes.push(
             pipeline
@@ -284,7 +218,7 @@ async fn an_alerter_killed_during_1000_deliveries_delivers_each_once_but_those_i
     let mut twice = [0usize; 2];
     let mut interrupted = [0usize; 2];
     for (i, (receiver, &route)) in receivers.iter().zip(&routes).enumerate() {
-        let all = receiver.requests();
+        let all = receiver.received();
         for request in &all {
             assert_eq!(
                 request["verified"], true,
@@ -505,8 +439,8 @@ async fn a_hanging_receiver_does_not_delay_another_routes_deliveries() {
     let pipeline = Pipeline::start().await;
     let storage = &pipeline.storage;
     let (hang_secret, fine_secret) = (new_secret().unwrap(), new_secret().unwrap());
-    let hanging = Receiver::start(&hang_secret, &["--hang", "--log-hung"]).await;
-    let fine = Receiver::start(&fine_secret, &[]).await;
+    let hanging = Receiver::webhook(&hang_secret, &["--hang", "--log-hung"]).await;
+    let fine = Receiver::webhook(&fine_secret, &[]).await;
     // A takes HIGH and CRITICAL alerts (disabled while B's baseline is measured), B CRITICAL
     // ones: HIGH alerts fill A's slots without B.
     let a_spec = |enabled| webhook_spec("a", &hanging.url(), &hang_secret, Severity::High, enabled);
@@ -550,7 +484,7 @@ async fn a_hanging_receiver_does_not_delay_another_routes_deliveries() {
         PATIENCE,
         "route A's attempts to hang at its receiver",
         || async move {
-            if hanging_ref.requests().len() < PER_ROUTE {
+            if hanging_ref.received().len() < PER_ROUTE {
                 return None;
             }
             let mut hung = Vec::new();
@@ -625,14 +559,14 @@ async fn a_hanging_receiver_does_not_delay_another_routes_deliveries() {
              than {MAX_ADDED_DELAY:?} added"
         );
     }
-    let fine_requests = fine.requests();
+    let fine_requests = fine.received();
     assert_eq!(fine_requests.len(), BASELINE_ALERTS + DURING_ALERTS);
-    for request in fine_requests.iter().chain(&hanging.requests()) {
+    for request in fine_requests.iter().chain(&hanging.received()) {
         assert_eq!(request["verified"], true, "{request}");
     }
     let hung_ids: HashSet<String> = hung.iter().map(|t| t.webhook_id.clone()).collect();
     let received: HashSet<String> = hanging
-        .requests()
+        .received()
         .iter()
         .map(|r| r["webhook_id"].as_str().unwrap().to_owned())
         .collect();

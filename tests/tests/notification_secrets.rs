@@ -34,6 +34,7 @@ use common::domain::{new_secret, secret_bytes};
 use common::subjects;
 use serde_json::{Value, json};
 use testkit::{eventually, free_port};
+use threatmon_tests::receivers::python;
 use threatmon_tests::{Pipeline, binary};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -45,11 +46,6 @@ const SMTP_USER: &str = "threatmon";
 const TIMEOUT_SECS: &str = "2";
 /// How long a failing delivery is retried: a few attempts, then the dead letter.
 const RETRY_FOR_SECS: &str = "5";
-
-/// The Python with `standardwebhooks` (the venv of scripts/tools; scripts/test sets it).
-fn python() -> String {
-    std::env::var("THREATMON_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
 
 /// Something that must never be shown, and the forms it could be shown in.
 struct Secret {

@@ -5,81 +5,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
-
 use chrono::Utc;
 use common::domain::{RouteSpec, Severity, new_secret};
 use common::storage::{AttemptOutcome, DeliveryAttempt, Storage};
 use common::subjects;
 use serde_json::{Value, json};
 use testkit::eventually;
+use threatmon_tests::receivers::Receiver;
 use threatmon_tests::{PATIENCE, Pipeline};
-
-/// The Python with the `standardwebhooks` library (scripts/test sets it; the venv of
-/// scripts/tools).
-fn python() -> String {
-    std::env::var("THREATMON_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// A webhook receiver process; killed when dropped.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start(secret: &str, extra: &[&str]) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let log = dir.path().join("requests.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("receivers/webhook.py");
-        let child = Command::new(python())
-            .arg(script)
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .env("RECEIVER_SECRET", secret)
-            .spawn()
-            .expect("starting the webhook receiver (python3 with standardwebhooks)");
-        let port = eventually(Duration::from_secs(20), "the receiver to listen", || {
-            let port_file = port_file.clone();
-            async move { std::fs::read_to_string(port_file).ok()?.trim().parse().ok() }
-        })
-        .await;
-        Receiver {
-            child,
-            log,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// The requests it got, in order.
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn webhook_route(storage: &Storage, name: &str, url: &str, secret: &str) -> i64 {
     let body = json!({"name": name, "kind": "webhook", "url": url, "secret": secret,
@@ -126,7 +59,7 @@ async fn attempts(storage: &Storage, alert: i64) -> Vec<DeliveryAttempt> {
 async fn a_webhook_that_fails_three_times_gets_the_alert_once_on_the_fourth_signed() {
     let pipeline = Pipeline::start().await;
     let secret = new_secret().unwrap();
-    let receiver = Receiver::start(&secret, &["--fail-first", "3"]).await;
+    let receiver = Receiver::webhook(&secret, &["--fail-first", "3"]).await;
     webhook_route(&pipeline.storage, "soc", &receiver.url(), &secret).await;
     let ingestor = pipeline.start_ingestor(Severity::High);
     let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("600")));
@@ -175,7 +108,7 @@ async fn a_webhook_that_fails_three_times_gets_the_alert_once_on_the_fourth_sign
         }
     }
 
-    let requests = receiver.requests();
+    let requests = receiver.received();
     assert_eq!(requests.len(), 4, "{requests:#?}");
     let accepted: Vec<&Value> = requests.iter().filter(|r| r["status"] == 200).collect();
     assert_eq!(accepted.len(), 1, "received once: {requests:#?}");
@@ -204,7 +137,7 @@ async fn a_webhook_that_fails_three_times_gets_the_alert_once_on_the_fourth_sign
 async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_attempt_logged() {
     let pipeline = Pipeline::start().await;
     let secret = new_secret().unwrap();
-    let receiver = Receiver::start(&secret, &["--fail-first", "1000000"]).await;
+    let receiver = Receiver::webhook(&secret, &["--fail-first", "1000000"]).await;
     let route = webhook_route(&pipeline.storage, "down", &receiver.url(), &secret).await;
     let ingestor = pipeline.start_ingestor(Severity::High);
     let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("3")));
@@ -237,7 +170,7 @@ async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_
         "the back-off grows: {waits:?}"
     );
     assert_eq!(
-        receiver.requests().len(),
+        receiver.received().len(),
         log.len(),
         "every attempt reached it"
     );
@@ -278,7 +211,7 @@ async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_
 async fn an_alert_left_open_is_reminded_of_at_the_routes_interval_until_acknowledged() {
     let pipeline = Pipeline::start().await;
     let secret = new_secret().unwrap();
-    let receiver = Receiver::start(&secret, &[]).await;
+    let receiver = Receiver::webhook(&secret, &[]).await;
     let body = json!({"name": "remind", "kind": "webhook", "url": receiver.url(),
         "secret": secret, "min_severity": "HIGH"});
     let mut spec = RouteSpec::parse(body.as_object().unwrap(), None).unwrap();
@@ -320,7 +253,7 @@ async fn an_alert_left_open_is_reminded_of_at_the_routes_interval_until_acknowle
             "a reminder came {gap} after the last message, sooner than every {every} s"
         );
     }
-    let requests = receiver.requests();
+    let requests = receiver.received();
     let types: Vec<&str> = requests
         .iter()
         .take(3)
@@ -384,6 +317,75 @@ async fn an_alert_left_open_is_reminded_of_at_the_routes_interval_until_acknowle
         after_ack <= 3,
         "at most one reminder raced the acknowledgement: {made:#?}"
     );
+    alerter.stop().await;
+    ingestor.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after_and_a_404_fails_at_once() {
+    let pipeline = Pipeline::start().await;
+    let secret = new_secret().unwrap();
+    // The back-off alone would retry after 200 ms; the receiver asks for 2 s.
+    let busy = Receiver::webhook(
+        &secret,
+        &[
+            "--fail-first",
+            "1",
+            "--fail-status",
+            "429",
+            "--retry-after",
+            "2",
+        ],
+    )
+    .await;
+    let gone = Receiver::webhook(&secret, &["--fail-first", "1000", "--fail-status", "404"]).await;
+    let busy_route = webhook_route(&pipeline.storage, "busy", &busy.url(), &secret).await;
+    let gone_route = webhook_route(&pipeline.storage, "gone", &gone.url(), &secret).await;
+    let ingestor = pipeline.start_ingestor(Severity::High);
+    let alerter = pipeline.start_alerter_with(pipeline.alerter_settings_with(&quick("600")));
+    let alert = one_alert(&pipeline).await;
+
+    let log = eventually(PATIENCE, "one delivered, one failed", || {
+        let storage = pipeline.storage.clone();
+        async move {
+            let log = attempts(&storage, alert).await;
+            let done = |outcome| log.iter().any(|a| a.outcome == outcome);
+            (done(AttemptOutcome::Delivered) && done(AttemptOutcome::Failed)).then_some(log)
+        }
+    })
+    .await;
+    let of = |route: i64| -> Vec<&DeliveryAttempt> {
+        log.iter().filter(|a| a.route_id == route).collect()
+    };
+    let busy_log = of(busy_route);
+    assert_eq!(busy_log.len(), 2, "{busy_log:#?}");
+    assert_eq!(busy_log[0].outcome, AttemptOutcome::Retrying);
+    assert_eq!(busy_log[0].status_code, Some(429));
+    // Asked for when the answer came: after the attempt began.
+    let asked = busy_log[0].started_at + chrono::Duration::seconds(2);
+    assert!(
+        busy_log[0].next_attempt_at.unwrap() >= asked,
+        "the retry honours Retry-After: {busy_log:#?}"
+    );
+    assert!(busy_log[1].started_at >= asked, "{busy_log:#?}");
+    assert_eq!(busy_log[1].outcome, AttemptOutcome::Delivered);
+
+    let gone_log = of(gone_route);
+    assert_eq!(gone_log.len(), 1, "a 404 is not retried: {gone_log:#?}");
+    assert_eq!(gone_log[0].outcome, AttemptOutcome::Failed);
+    assert_eq!(gone_log[0].status_code, Some(404));
+    assert_eq!(gone.received().len(), 1);
+    let dead = eventually(PATIENCE, "the 404 dead-lettered", || {
+        let pipeline = &pipeline;
+        async move {
+            let messages = pipeline
+                .read_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
+                .await;
+            (!messages.is_empty()).then_some(messages)
+        }
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
     alerter.stop().await;
     ingestor.stop().await;
 }
