@@ -372,12 +372,10 @@ impl Params {
             return Vec::new();
         };
         let mut chosen = Vec::new();
-        for item in value
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
-            match item.parse::<T>() {
+        // An empty item (`a,,b`, or the parameter given empty) is no value; one of blanks
+        // (`%0D`) is not a choice.
+        for item in value.split(',').filter(|item| !item.is_empty()) {
+            match item.trim().parse::<T>() {
                 Ok(parsed) => chosen.push(parsed),
                 Err(err) => self
                     .errors

@@ -273,6 +273,15 @@ impl Pipeline {
             .await;
     }
 
+    /// Waits until `stream` holds a message on `filter`, and returns them all.
+    pub async fn wait_for_stream(&self, stream: &str, filter: &str) -> Vec<jetstream::Message> {
+        eventually(PATIENCE, &format!("a message on {filter}"), || async move {
+            let messages = self.read_stream(stream, filter).await;
+            (!messages.is_empty()).then_some(messages)
+        })
+        .await
+    }
+
     /// Every message on `stream` matching `filter`, oldest first.
     pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<jetstream::Message> {
         let stream = self.js.get_stream(stream).await.expect("stream");

@@ -175,16 +175,9 @@ async fn a_receiver_down_past_the_retry_window_is_dead_lettered_once_with_every_
         "every attempt reached it"
     );
 
-    let dead = eventually(PATIENCE, "one deadletter.notify message", || {
-        let pipeline = &pipeline;
-        async move {
-            let messages = pipeline
-                .read_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
-                .await;
-            (!messages.is_empty()).then_some(messages)
-        }
-    })
-    .await;
+    let dead = pipeline
+        .wait_for_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
+        .await;
     assert_eq!(dead.len(), 1);
     let headers = dead[0].headers.as_ref().expect("headers");
     let route_header = headers.get("Threatmon-Route").expect("the route").as_str();
@@ -375,16 +368,9 @@ async fn a_429_is_retried_after_its_retry_after_and_a_404_fails_at_once() {
     assert_eq!(gone_log[0].outcome, AttemptOutcome::Failed);
     assert_eq!(gone_log[0].status_code, Some(404));
     assert_eq!(gone.received().len(), 1);
-    let dead = eventually(PATIENCE, "the 404 dead-lettered", || {
-        let pipeline = &pipeline;
-        async move {
-            let messages = pipeline
-                .read_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
-                .await;
-            (!messages.is_empty()).then_some(messages)
-        }
-    })
-    .await;
+    let dead = pipeline
+        .wait_for_stream(subjects::DEADLETTER_STREAM, "deadletter.notify")
+        .await;
     assert_eq!(dead.len(), 1);
     alerter.stop().await;
     ingestor.stop().await;

@@ -8,6 +8,8 @@ use common::domain::{Role, User};
 use common::storage::{NewUser, StorageError, UserChanges};
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use crate::auth::{AdminUser, check_password_policy};
 use crate::error::{ApiError, ApiResult};
@@ -24,17 +26,47 @@ const MAX_EMAIL_CHARS: usize = 254;
 /// A new user.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserIn {
-    /// Letters, digits and `@.+-_`, at most 150.
-    #[schema(min_length = 1, max_length = 150, pattern = r"^[\w.@+-]+$")]
+    /// Letters, digits and `@.+-_`, at most 150 (a number is taken as its text).
+    #[schema(schema_with = username_schema)]
     pub username: String,
     /// Email address (optional).
     #[schema(required = false, nullable = false, format = Email, max_length = 254)]
     pub email: Option<String>,
-    /// At least 8 characters, not the username.
-    #[schema(min_length = 8)]
+    /// At least 8 characters, not the username (a number is taken as its text).
+    #[schema(schema_with = password_schema)]
     pub password: String,
     /// `ADMIN` or `ANALYST`.
     pub role: Role,
+}
+
+/// A text field that, as DRF's `CharField` does, also takes a number as its text: the
+/// schema says so, so that a client (or a fuzzer) sending `12345` expects it taken.
+fn text_or_number(text: ObjectBuilder, description: &str) -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(text)
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .description(Some(description))
+        .into()
+}
+
+fn username_schema() -> RefOr<Schema> {
+    text_or_number(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_USERNAME_CHARS))
+            .pattern(Some(r"^[\w.@+-]+$")),
+        "Letters, digits and `@.+-_`, at most 150 (a number is taken as its text).",
+    )
+}
+
+fn password_schema() -> RefOr<Schema> {
+    text_or_number(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(8)),
+        "At least 8 characters, not the username (a number is taken as its text).",
+    )
 }
 
 /// Changes to a user; every field optional.

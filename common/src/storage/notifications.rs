@@ -412,6 +412,24 @@ pub(super) const INSERT_DELIVERY: &str = "INSERT INTO notification_deliveries (r
      alert_id, message_key, trigger_name, payload, next_attempt_at, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (route_id, message_key) DO NOTHING";
 
+/// Runs [`INSERT_DELIVERY`] for a [`NewDelivery`] due at `now` (µs) in the transaction `tx`,
+/// inside `in_write_transaction!`; how many rows it made, 0 or 1.
+macro_rules! insert_delivery {
+    ($tx:ident, $delivery:expr, $now:expr) => {
+        sqlx::query::<Db>($crate::storage::notifications::INSERT_DELIVERY)
+            .bind($delivery.route_id)
+            .bind($delivery.alert_id)
+            .bind($delivery.message_key.as_str())
+            .bind($delivery.trigger.as_str())
+            .bind($delivery.payload.as_str())
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+    };
+}
+pub(super) use insert_delivery;
+
 /// Why an interrupted attempt is marked so.
 const INTERRUPTED: &str =
     "the alerter stopped during this attempt; the delivery was attempted again";
@@ -645,16 +663,7 @@ impl Storage {
         in_write_transaction!(self, |tx| {
             let mut new = 0;
             for delivery in deliveries {
-                let inserted = sqlx::query::<Db>(INSERT_DELIVERY)
-                    .bind(delivery.route_id)
-                    .bind(delivery.alert_id)
-                    .bind(delivery.message_key.as_str())
-                    .bind(delivery.trigger.as_str())
-                    .bind(delivery.payload.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                let inserted = insert_delivery!(tx, delivery, now);
                 if inserted == 1
                     && let (Some(alert_id), Some(every)) =
                         (delivery.alert_id, delivery.remind_every_secs)

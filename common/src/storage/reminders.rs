@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::notifications::{INSERT_DELIVERY, NewDelivery};
+use super::notifications::{NewDelivery, insert_delivery};
 use super::{Storage, StorageError, in_write_transaction, on_pool};
 use crate::domain::{Alert, to_micros};
 
@@ -158,16 +158,7 @@ impl Storage {
                         if taken == 0 {
                             continue;
                         }
-                        made += sqlx::query::<Db>(INSERT_DELIVERY)
-                            .bind(delivery.route_id)
-                            .bind(delivery.alert_id)
-                            .bind(delivery.message_key.as_str())
-                            .bind(delivery.trigger.as_str())
-                            .bind(delivery.payload.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
+                        made += insert_delivery!(tx, delivery, now);
                     }
                 }
             }

@@ -66,10 +66,13 @@ pub(super) async fn count_search_alone(
 ) -> Result<i64, StorageError> {
     let known = counts.known(query).unwrap_or_default();
     // One statement, so the largest id and the matches above the known ones are read in
-    // one snapshot.
+    // one snapshot. The index is not read at all when no alert is new, and read newest
+    // first when some are: FTS5 then stops at the known id, where an ascending read walks
+    // the word's matches from the oldest (0.5 ms against 0.1 ms for a common word).
     let (more, up_to): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM alert_search WHERE alert_search MATCH $1 \
-                 AND rowid > $2 AND rowid <= newest.id), newest.id \
+        "SELECT CASE WHEN newest.id > $2 THEN (SELECT COUNT(*) FROM (SELECT rowid \
+                 FROM alert_search WHERE alert_search MATCH $1 AND rowid > $2 \
+                 AND rowid <= newest.id ORDER BY rowid DESC)) ELSE 0 END, newest.id \
          FROM (SELECT COALESCE(MAX(id), 0) AS id FROM alerts) AS newest",
     )
     .bind(query)
